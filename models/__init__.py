@@ -1,0 +1,1 @@
+"""Face models: MTCNN detection, 5-point alignment and embedding networks."""

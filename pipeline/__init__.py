@@ -1,0 +1,1 @@
+"""facegroup: a Beam pipeline that groups each user's photo library into people."""
