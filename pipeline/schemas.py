@@ -1,0 +1,65 @@
+"""Explicit pyarrow schemas of every Parquet table the pipeline writes.
+
+Each table is written per user under ``<output>/<table>/user_id=<id>/part-0.parquet``;
+keeping the schemas here makes readers (report, search, tests) and writers agree.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Outcome of one input photo: every photo read has exactly one row here.
+PHOTO_STATUSES = ("faces", "no_face", "failed")
+#: Pipeline stage at which a photo failed.
+FAILURE_STAGES = ("read", "decode", "detect", "embed")
+
+PHOTOS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("photo_path", pa.string(), nullable=False),
+    pa.field("photo_sha256", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("n_faces", pa.int32(), nullable=False),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("preview", pa.binary()),
+])
+
+
+def faces_schema(dim: int) -> pa.Schema:
+    """Schema of `faces/` for embeddings of `dim` components."""
+    return pa.schema([
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("photo_path", pa.string(), nullable=False),
+        pa.field("photo_sha256", pa.string(), nullable=False),
+        pa.field("face_index", pa.int32(), nullable=False),
+        pa.field("face_key", pa.string(), nullable=False),
+        pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
+        pa.field("landmarks", pa.list_(pa.float32(), 10), nullable=False),
+        pa.field("det_score", pa.float32(), nullable=False),
+        pa.field("embedder", pa.string(), nullable=False),
+        pa.field("embedder_version", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        pa.field("thumbnail", pa.binary()),
+    ])
+
+
+CLUSTERS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("face_key", pa.string(), nullable=False),
+    pa.field("photo_sha256", pa.string(), nullable=False),
+    pa.field("face_index", pa.int32(), nullable=False),
+    pa.field("person_id", pa.int32(), nullable=False),
+    pa.field("cluster_size", pa.int32(), nullable=False),
+    pa.field("distance_to_centre", pa.float32(), nullable=False),
+])
+
+FAILURES = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("photo_path", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+])
+
+
+def face_key(photo_sha256: str, face_index: int) -> str:
+    """Stable identifier of a face across runs: the photo's content hash and face index."""
+    return f"{photo_sha256}:{face_index}"
