@@ -8,7 +8,6 @@ counted as undetected.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.align import align_faces  # noqa: E402
 from models.embedders import Embedder, get_embedder  # noqa: E402
+from models.weights import file_sha256  # noqa: E402
 from models.mtcnn import MTCNN, Detections, centre_face  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +48,6 @@ def read_pairs(path: Path, root: Path = LFW) -> tuple[list[tuple[Path, Path, boo
         elif len(parts) == 4:
             pairs.append((lfw_path(parts[0], int(parts[1]), root), lfw_path(parts[2], int(parts[3]), root), False))
     return pairs, folds
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (the cache key: renamed copies share it)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class EmbeddingCache:
@@ -92,7 +87,7 @@ def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", ca
     """Embeddings (N,D) float32 of the centre face of each image, and detected (N,) bool."""
     model = get_embedder(embedder) if isinstance(embedder, str) else embedder
     cache = EmbeddingCache(f"{model.name}-{model.version}", cache_dir)
-    keys = [sha256_file(p) for p in paths]
+    keys = [file_sha256(p) for p in paths]
     todo = sorted({k: p for k, p in zip(keys, paths) if k not in cache.entries}.items())
     if todo:
         detector = detector or MTCNN()
