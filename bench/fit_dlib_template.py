@@ -78,7 +78,9 @@ def main() -> None:
     spread = np.median(np.linalg.norm(samples - template, axis=2), axis=0)
     print(f"faces used: {len(samples)}; mean abs pixel difference our warp vs dlib chip: {np.mean(pixel_err):.2f}")
     print("median abs deviation per point (px):", np.round(spread, 2).tolist())
+    weights = (spread.min() / spread) ** 2  # inverse-variance least-squares weights
     print("DLIB_TEMPLATE = (" + ", ".join(f"({x:.1f}, {y:.1f})" for x, y in template) + ")")
+    print("inverse-variance weights = (" + ", ".join(f"{w:.2f}" for w in weights) + ")")
 
 
 if __name__ == "__main__":

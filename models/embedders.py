@@ -18,7 +18,7 @@ from models.align import AlignSpec
 #: (get_face_chip_details, padding 0.25): the median position over LFW DevTrain faces, with
 #: eyes weighted above nose and mouth, which move with pose and expression. Derived and
 #: chosen on View-1 by bench/fit_dlib_template.py.
-DLIB_TEMPLATE = ((50.5, 60.6), (99.3, 60.6), (75.0, 88.8), (55.2, 113.3), (94.9, 113.3))
+DLIB_TEMPLATE = ((47.9, 46.0), (102.1, 46.0), (74.7, 78.0), (51.4, 105.9), (98.8, 105.9))
 DLIB_ALIGN = AlignSpec("landmarks", 150, DLIB_TEMPLATE, weights=(1.0, 1.0, 1.0, 1.0, 1.0),
                        tag="lm150-v1")
 #: FaceNet's own preprocessing: MTCNN box plus a 32 px margin at 160x160 (davidsandberg/facenet
