@@ -1,0 +1,582 @@
+"""Static HTML report of the pipeline's Parquet outputs: browse each user's people like a photo app.
+
+Why: users judge the grouping by looking at it. The report is rebuilt from photos/, faces/, clusters/
+and failures/ alone (no re-detection), works offline as plain files, runs no script at all (every page
+carries a Content-Security-Policy with no script source, and every printed value is HTML-escaped by
+`el`), and pages big users so that a user with 10,000 faces opens fast.
+
+Layout under <output>/report/ (file names come from hashes and integer ids, never from input names):
+    index.html                         every user with counts and their largest people
+    assets/report.css, assets/icon.svg
+    u-<h>/index.html, index-<n>.html   a user's summary, size chart and people pages
+    u-<h>/person-<id>[-<n>].html       every face of one person, closest to the cluster centre first
+    u-<h>/unclustered[-<n>].html       faces left unclustered (person_id -1)
+    u-<h>/failures[-<n>].html          photos that failed, with stage and error
+    u-<h>/photo-<h>.html               a photo's preview with every face box drawn over it
+    u-<h>/faces/<h>.jpg, u-<h>/photos/<h>.jpg   thumbnails and previews copied from Parquet
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import io
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.schemas import CLUSTERS, FAILURES, PHOTOS, faces_schema
+
+PEOPLE_PER_PAGE = 120
+FACES_PER_PAGE = 300
+STRIP_FACES = 4          # faces shown in a person card besides the representative one
+USER_PAGE_FACES = 24     # unclustered faces previewed on the user page
+USER_PAGE_FAILURES = 20  # failures previewed on the user page
+INDEX_AVATARS = 6        # largest people shown per user on the index
+ASSETS = ("report.css", "icon.svg")
+CSP = "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'none'"
+VOID = frozenset({"img", "meta", "link", "br"})
+
+# Only the columns the report reads; embeddings and other heavy columns are never loaded.
+_FACES = faces_schema(1)
+FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
+                          ("user_id", "photo_path", "photo_sha256", "face_index", "face_key", "box", "thumbnail")])
+# A known person's name may come as a `name` column of clusters/ or in a people/ table (one row per
+# person): both are read when present and tolerated when absent (missing columns read as null).
+CLUSTER_COLUMNS = CLUSTERS if "name" in CLUSTERS.names else CLUSTERS.append(pa.field("name", pa.string()))
+PEOPLE_COLUMNS = pa.schema([pa.field("user_id", pa.string()), pa.field("person_id", pa.int32()),
+                            pa.field("name", pa.string())])
+
+
+class Html(str):
+    """Markup that is already escaped; any other value placed in a page is escaped by `el`."""
+
+
+def _flatten(children: Iterable[object]) -> Iterable[str]:
+    for child in children:
+        if child is None:
+            continue
+        if isinstance(child, Html):
+            yield child
+        elif isinstance(child, (list, tuple)) or hasattr(child, "__next__"):
+            yield from _flatten(child)
+        else:
+            yield html.escape(str(child), quote=True)
+
+
+def el(tag: str, attrs: dict[str, object] | None = None, *children: object) -> Html:
+    """One element: attribute values and non-`Html` children are HTML-escaped (None/False drop an attribute)."""
+    out = [f"<{tag}"]
+    for name, value in (attrs or {}).items():
+        if value is None or value is False:
+            continue
+        out.append(f" {name}" if value is True else f' {name}="{html.escape(str(value), quote=True)}"')
+    out.append(">")
+    if tag in VOID:
+        return Html("".join(out))
+    out.extend(_flatten(children))
+    out.append(f"</{tag}>")
+    return Html("".join(out))
+
+
+def digest(text: str, n: int = 20) -> str:
+    """Hex name for a report file derived from an id, so input names never reach the file system."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def href(name: str, fragment: str | None = None) -> str:
+    """Relative link inside the report, URL-encoded."""
+    return quote(name, safe="/-._~") + (f"#{quote(fragment, safe='')}" if fragment else "")
+
+
+def page_name(stem: str, page: int) -> str:
+    """File of the page-th (1-based) page of a paginated listing."""
+    return f"{stem}.html" if page == 1 else f"{stem}-{page}.html"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 face', '2 faces' (or the given plural)."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {words or word + 's'}"
+
+
+@dataclass
+class Face:
+    """One detected face; `box` is x1,y1,x2,y2 in original photo pixels."""
+    key: str
+    photo: str
+    path: str
+    index: int
+    box: tuple[float, float, float, float]
+    person: int = -1
+    distance: float = 0.0
+    thumb: str | None = None  # file under faces/, None when the thumbnail is missing
+
+
+@dataclass
+class Person:
+    pid: int
+    name: str | None
+    faces: list[Face]  # closest to the cluster centre first: faces[0] is the representative
+
+    @property
+    def title(self) -> str:
+        return self.name or f"Person {self.pid}"
+
+
+@dataclass
+class Photo:
+    """A photo with faces (keyed by content hash); width, height are its original displayed size."""
+    sha: str
+    paths: list[str]
+    width: int | None
+    height: int | None
+    faces: list[Face] = field(default_factory=list)
+    preview: str | None = None             # file under photos/
+    preview_size: tuple[int, int] | None = None
+
+
+@dataclass
+class UserReport:
+    user_id: str
+    folder: str
+    statuses: dict[str, int]
+    people: list[Person]
+    unclustered: list[Face]
+    failures: list[tuple[str, str, str]]   # (photo_path, stage, error)
+    photos: dict[str, Photo]
+
+    @property
+    def n_faces(self) -> int:
+        return sum(len(p.faces) for p in self.people) + len(self.unclustered)
+
+
+@dataclass
+class UserSummary:
+    """What the index shows of a user (kept instead of the full UserReport)."""
+    user_id: str
+    folder: str
+    n_photos: int
+    n_faces: int
+    n_people: int
+    n_unclustered: int
+    n_failures: int
+    top: list[tuple[str, Face]]  # (title, representative face) of the largest people
+
+
+class Tables:
+    """The pipeline's Parquet tables (Hive `user_id=` folders); a missing table reads as empty."""
+
+    def __init__(self, output: Path) -> None:
+        self.photos = self._open(output / "photos", PHOTOS)
+        self.faces = self._open(output / "faces", FACE_COLUMNS)
+        self.clusters = self._open(output / "clusters", CLUSTER_COLUMNS)
+        self.failures = self._open(output / "failures", FAILURES)
+        self.people = self._open(output / "people", PEOPLE_COLUMNS)
+
+    @staticmethod
+    def _open(root: Path, schema: pa.Schema) -> ds.Dataset | None:
+        return ds.dataset(root, format="parquet", schema=schema, partitioning="hive") if root.is_dir() else None
+
+    def user_ids(self) -> list[str]:
+        ids: set[str] = set()
+        for dataset in (self.photos, self.faces, self.failures):
+            if dataset is not None:
+                ids.update(dataset.to_table(columns=["user_id"]).column(0).unique().to_pylist())
+        return sorted(ids)
+
+    @staticmethod
+    def rows(dataset: ds.Dataset | None, user_id: str, columns: list[str]) -> list[dict]:
+        if dataset is None:
+            return []
+        return dataset.to_table(columns=columns, filter=ds.field("user_id") == user_id).to_pylist()
+
+    @staticmethod
+    def write_blobs(dataset: ds.Dataset | None, user_id: str, key: str, blob: str,
+                    wanted: dict[str, Path]) -> dict[str, tuple[int, int]]:
+        """Stream `blob` JPEGs of the wanted keys to their files; returns each written image's (w, h)."""
+        sizes: dict[str, tuple[int, int]] = {}
+        if dataset is None:
+            return sizes
+        for batch in dataset.to_batches(columns=[key, blob], filter=ds.field("user_id") == user_id):
+            for k, data in zip(batch.column(0).to_pylist(), batch.column(1)):
+                if k in sizes or k not in wanted or not data.is_valid:
+                    continue
+                raw = data.as_py()
+                try:
+                    sizes[k] = Image.open(io.BytesIO(raw)).size
+                except UnidentifiedImageError:
+                    continue  # not an image: shown as a placeholder rather than a broken picture
+                wanted[k].write_bytes(raw)
+        return sizes
+
+
+def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
+    """Join one user's tables and write its thumbnails and previews under root/u-<h>/."""
+    folder = f"u-{digest(user_id, 16)}"
+    (root / folder / "faces").mkdir(parents=True)
+    (root / folder / "photos").mkdir()
+
+    statuses = {"faces": 0, "no_face": 0, "failed": 0}
+    photo_rows = tables.rows(tables.photos, user_id, ["photo_path", "photo_sha256", "status", "width", "height"])
+    for row in photo_rows:
+        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+
+    faces: dict[str, Face] = {}
+    for row in tables.rows(tables.faces, user_id, ["photo_path", "photo_sha256", "face_index", "face_key", "box"]):
+        faces.setdefault(row["face_key"], Face(row["face_key"], row["photo_sha256"], row["photo_path"],
+                                               row["face_index"], tuple(row["box"])))
+    names: dict[int, set[str]] = {}
+    for row in tables.rows(tables.clusters, user_id, ["face_key", "person_id", "distance_to_centre", "name"]):
+        face = faces.get(row["face_key"])
+        if face is None:
+            continue
+        face.person, face.distance = row["person_id"], row["distance_to_centre"]
+        if row["name"]:
+            names.setdefault(face.person, set()).add(row["name"])
+    for row in tables.rows(tables.people, user_id, ["person_id", "name"]):
+        if row["name"]:
+            names.setdefault(row["person_id"], set()).add(row["name"])
+
+    thumbs = {k: root / folder / "faces" / f"{digest(k)}.jpg" for k in faces}
+    for k in tables.write_blobs(tables.faces, user_id, "face_key", "thumbnail", thumbs):
+        faces[k].thumb = thumbs[k].name
+
+    photos: dict[str, Photo] = {}
+    for face in sorted(faces.values(), key=lambda f: (f.photo, f.index, f.key)):
+        photos.setdefault(face.photo, Photo(face.photo, [], None, None)).faces.append(face)
+    for row in sorted(photo_rows, key=lambda r: r["photo_path"]):
+        photo = photos.get(row["photo_sha256"])
+        if photo is not None:
+            photo.paths.append(row["photo_path"])
+            photo.width, photo.height = row["width"], row["height"]
+    previews = {sha: root / folder / "photos" / f"{digest(sha)}.jpg" for sha in photos}
+    for sha, size in tables.write_blobs(tables.photos, user_id, "photo_sha256", "preview", previews).items():
+        photos[sha].preview, photos[sha].preview_size = previews[sha].name, size
+    for photo in photos.values():
+        photo.paths = photo.paths or sorted({f.path for f in photo.faces})
+
+    members: dict[int, list[Face]] = {}
+    for face in faces.values():
+        members.setdefault(face.person, []).append(face)
+    unclustered = sorted(members.pop(-1, []), key=lambda f: (f.path, f.index, f.key))
+    people = [Person(pid, min(names[pid]) if pid in names else None,
+                     sorted(fs, key=lambda f: (f.distance, f.key))) for pid, fs in members.items() if pid >= 0]
+    people.sort(key=lambda p: (-len(p.faces), p.pid))
+    failures = sorted((r["photo_path"], r["stage"], r["error"])
+                      for r in tables.rows(tables.failures, user_id, ["photo_path", "stage", "error"]))
+    return UserReport(user_id, folder, statuses, people, unclustered, failures, photos)
+
+
+# ---------------------------------------------------------------- page pieces
+
+def page(title: str, crumbs: list[tuple[str, str | None]], body: object, depth: int) -> str:
+    """A whole document; `depth` is how many folders below report/ it lives (for asset links)."""
+    up = "../" * depth
+    trail = []
+    for i, (label, link) in enumerate(crumbs):
+        if i:
+            trail.append(el("span", {"class": "sep"}, "›"))
+        trail.append(el("a", {"href": link}, label) if link else el("span", {"class": "here"}, label))
+    head = el("head", {},
+              el("meta", {"charset": "utf-8"}),
+              el("meta", {"http-equiv": "Content-Security-Policy", "content": CSP}),
+              el("meta", {"name": "referrer", "content": "no-referrer"}),
+              el("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}),
+              el("title", {}, title),
+              el("link", {"rel": "icon", "href": href(up + "assets/icon.svg")}),
+              el("link", {"rel": "stylesheet", "href": href(up + "assets/report.css")}))
+    body_el = el("body", {},
+                 el("header", {"class": "bar"}, el("nav", {"class": "crumbs"}, trail)),
+                 el("main", {}, body),
+                 el("footer", {}, "facegroup report · static files, no network"))
+    return "<!doctype html>\n" + el("html", {"lang": "en"}, head, body_el) + "\n"
+
+
+def thumb(face: Face, cls: str | None, alt: str, size: int, timing: str | None = None) -> Html:
+    """A face thumbnail (lazy), or a grey placeholder when the pipeline stored none."""
+    if face.thumb is None:
+        return el("span", {"class": f"noimg {cls or ''}".strip(), "role": "img", "aria-label": alt})
+    return el("img", {"class": cls, "src": href(f"faces/{face.thumb}"), "alt": alt, "width": size, "height": size,
+                      "loading": "lazy", "decoding": "async", "elementtiming": timing})
+
+
+def stats(figures: list[tuple[str, str]]) -> Html:
+    return el("dl", {"class": "stats"}, [el("div", {"class": "stat"}, el("dt", {}, k), el("dd", {}, v))
+                                         for k, v in figures])
+
+
+def pager(stem: str, current: int, pages: int) -> Html | None:
+    """Links to every page of a listing (none when it fits on one page)."""
+    if pages <= 1:
+        return None
+    return el("nav", {"class": "pager", "aria-label": "pages"},
+              [el("span", {}, n) if n == current else el("a", {"href": href(page_name(stem, n))}, n)
+               for n in range(1, pages + 1)])
+
+
+def size_chart(people: list[Person]) -> Html | None:
+    """Inline-SVG histogram of people by face count, in power-of-two bins (1, 2, 3-4, 5-8, ...)."""
+    if not people:
+        return None
+    counts: dict[int, int] = {}
+    for person in people:
+        b = (len(person.faces) - 1).bit_length()
+        counts[b] = counts.get(b, 0) + 1
+    bins = range(max(counts) + 1)
+    top = max(counts.values())
+    bar_w, gap, plot_h, base = 50, 8, 90, 112
+    width = 16 + len(bins) * (bar_w + gap)
+    parts: list[Html] = [el("line", {"class": "axis", "x1": 8, "y1": base, "x2": width - 8, "y2": base})]
+    for i, b in enumerate(bins):
+        lo, hi = (1, 1) if b == 0 else (2 ** (b - 1) + 1, 2 ** b)
+        label = str(lo) if lo == hi else f"{lo}–{hi}"
+        n = counts.get(b, 0)
+        h = round(max(plot_h * n / top, 2 if n else 0), 1)
+        x = 12 + i * (bar_w + gap)
+        parts.append(el("g", {},
+                        el("title", {}, f"{plural(n, 'person', 'people')} with {label} faces"),
+                        el("rect", {"class": "bar", "x": x, "y": base - h, "width": bar_w, "height": h, "rx": 3}),
+                        el("text", {"x": x + bar_w / 2, "y": base - h - 4, "text-anchor": "middle"}, n or ""),
+                        el("text", {"x": x + bar_w / 2, "y": base + 14, "text-anchor": "middle"}, label)))
+    parts.append(el("text", {"x": width / 2, "y": base + 32, "text-anchor": "middle"}, "faces per person"))
+    return el("figure", {"class": "chart"},
+              el("svg", {"width": width, "height": base + 38, "viewBox": f"0 0 {width} {base + 38}",
+                         "role": "img", "aria-label": "people by number of faces"}, parts))
+
+
+def person_card(person: Person, first: bool) -> Html:
+    rep = person.faces[0]
+    return el("li", {"class": "card"}, el(
+        "a", {"href": href(page_name(f"person-{person.pid}", 1))},
+        thumb(rep, "avatar", person.title, 128, "first-card" if first else None),
+        el("span", {"class": "name"}, person.title),
+        el("span", {"class": "count"}, plural(len(person.faces), "face")),
+        el("span", {"class": "strip"}, [thumb(f, None, "", 30) for f in person.faces[1:1 + STRIP_FACES]])))
+
+
+def face_tile(face: Face) -> Html:
+    """A face linking to its photo page, where its box is highlighted (`#f<index>` target)."""
+    name = face.path.replace("\\", "/").rsplit("/", 1)[-1]
+    return el("li", {"class": "face"}, el(
+        "a", {"href": href(f"photo-{digest(face.photo)}.html", f"f{face.index}"), "title": face.path},
+        thumb(face, None, face.path, 124), el("span", {"class": "cap"}, name)))
+
+
+def failure_table(failures: list[tuple[str, str, str]]) -> Html:
+    rows = [el("tr", {}, el("td", {"class": "path"}, p), el("td", {}, s), el("td", {"class": "error"}, e))
+            for p, s, e in failures]
+    return el("table", {"class": "failures"},
+              el("thead", {}, el("tr", {}, el("th", {}, "Photo"), el("th", {}, "Stage"), el("th", {}, "Error"))),
+              el("tbody", {}, rows))
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)] or [[]]
+
+
+# ---------------------------------------------------------------- pages
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def write_pages(base: Path, stem: str, title: str, crumbs: list[tuple[str, str | None]], items: list,
+                per_page: int, render: Callable[[list], Html], head: object = None, heading: object = None,
+                intro: object = None, outro: object = None) -> list[list]:
+    """Write `items` as <stem>.html, <stem>-2.html, ... (head, heading, pager, listing, pager on each page;
+    intro before the heading and outro at the end of page 1 only); returns the items of each page."""
+    pages = chunks(items, per_page)
+    for n, chunk in enumerate(pages, 1):
+        nav = pager(stem, n, len(pages))
+        first = n == 1
+        write(base / page_name(stem, n), page(
+            title if first else f"{title} · page {n}",
+            crumbs if first else crumbs[:-1] + [(crumbs[-1][0], page_name(stem, 1)), (f"page {n}", None)],
+            [head, intro if first else None, heading, nav, render(chunk), nav, outro if first else None], 1))
+    return pages
+
+
+def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_page: int) -> None:
+    """Every page of one user: overview + people pages, person pages, unclustered, failures, photos."""
+    base = root / user.folder
+    home = [("All users", "../index.html"), (user.user_id, "index.html")]
+    n_faces, n_people, n_unclustered = user.n_faces, len(user.people), len(user.unclustered)
+    face_home: dict[str, tuple[str, str]] = {}  # face key -> (page holding it, label of its group)
+
+    def faces_grid(chunk: list[Face]) -> Html:
+        return el("ul", {"class": "faces"}, [face_tile(f) for f in chunk])
+
+    figures = [("Photos", f"{sum(user.statuses.values()):,}"), ("With faces", f"{user.statuses['faces']:,}"),
+               ("No face", f"{user.statuses['no_face']:,}"), ("Failed", f"{len(user.failures):,}"),
+               ("Faces", f"{n_faces:,}"), ("People", f"{n_people:,}"),
+               ("Grouped", f"{100 * (n_faces - n_unclustered) / n_faces:.0f}%" if n_faces else "–"),
+               ("Largest", f"{len(user.people[0].faces):,}" if user.people else "–")]
+    unclustered = [el("h2", {"id": "unclustered"}, f"Faces not grouped ({n_unclustered:,})"),
+                   faces_grid(user.unclustered[:USER_PAGE_FACES]) if user.unclustered
+                   else el("p", {"class": "muted"}, "Every face belongs to a person."),
+                   el("a", {"class": "more", "href": "unclustered.html"},
+                      f"All {n_unclustered:,} faces not grouped →")
+                   if n_unclustered > USER_PAGE_FACES else None]
+    failures = [el("h2", {"id": "failures"}, f"Failed photos ({len(user.failures):,})"),
+                failure_table(user.failures[:USER_PAGE_FAILURES]) if user.failures
+                else el("p", {"class": "muted"}, "No photo failed."),
+                el("a", {"class": "more", "href": "failures.html"}, f"All {len(user.failures):,} failures →")
+                if len(user.failures) > USER_PAGE_FAILURES else None]
+    write_pages(base, "index", f"{user.user_id} · people", [home[0], (user.user_id, None)], user.people,
+                people_per_page, lambda chunk: el("ul", {"class": "people"}, [
+                    person_card(p, p is user.people[0]) for p in chunk]) if chunk
+                else el("p", {"class": "muted"}, "No people found."),
+                head=el("h1", {}, user.user_id), heading=el("h2", {}, f"People ({n_people:,})"),
+                intro=el("section", {"class": "overview"}, stats(figures), size_chart(user.people)),
+                outro=[unclustered, failures])
+
+    for person in user.people:
+        head = el("div", {"class": "person-head"}, thumb(person.faces[0], "avatar", person.title, 112),
+                  el("div", {}, el("h1", {}, person.title),
+                     el("p", {"class": "muted"}, f"{plural(len(person.faces), 'face')} · most typical first")))
+        stem = f"person-{person.pid}"
+        pages = write_pages(base, stem, f"{person.title} · {user.user_id}", home + [(person.title, None)],
+                            person.faces, faces_per_page, faces_grid, head=head)
+        face_home.update((f.key, (page_name(stem, n), person.title))
+                         for n, chunk in enumerate(pages, 1) for f in chunk)
+
+    title = "Faces not grouped"
+    pages = write_pages(base, "unclustered", f"{title} · {user.user_id}", home + [(title, None)], user.unclustered,
+                        faces_per_page, faces_grid, head=el("h1", {}, f"{title} ({n_unclustered:,})"))
+    face_home.update((f.key, (page_name("unclustered", n), "not grouped"))
+                     for n, chunk in enumerate(pages, 1) for f in chunk)
+    title = "Failed photos"
+    write_pages(base, "failures", f"{title} · {user.user_id}", home + [(title, None)], user.failures,
+                faces_per_page, failure_table, head=el("h1", {}, f"{title} ({len(user.failures):,})"))
+
+    for photo in user.photos.values():
+        write(base / f"photo-{digest(photo.sha)}.html", photo_page(user, photo, home, face_home))
+
+
+def photo_page(user: UserReport, photo: Photo, home: list[tuple[str, str | None]],
+               face_home: dict[str, tuple[str, str]]) -> str:
+    """The preview with each face box drawn in an SVG overlay; boxes are scaled by preview / original size."""
+    width = photo.width or max(int(f.box[2]) for f in photo.faces) or 1
+    height = photo.height or max(int(f.box[3]) for f in photo.faces) or 1
+    pw, ph = photo.preview_size or (width, height)
+    sx, sy = pw / width, ph / height
+    font = round(max(pw, ph) / 40, 1)  # about 15 px at the displayed photo size
+    boxes = []
+    for face in photo.faces:
+        link, label = face_home[face.key]
+        x1, y1, x2, y2 = face.box[0] * sx, face.box[1] * sy, face.box[2] * sx, face.box[3] * sy
+        ty = y1 - 5 if y1 - 5 > font else y2 + font
+        boxes.append(el("a", {"href": href(link)},
+                        el("title", {}, label),
+                        el("rect", {"id": f"f{face.index}", "class": "box", "x": f"{x1:.1f}", "y": f"{y1:.1f}",
+                                    "width": f"{x2 - x1:.1f}", "height": f"{y2 - y1:.1f}"}),
+                        el("text", {"class": "label", "x": f"{x1:.1f}", "y": f"{ty:.1f}", "font-size": font},
+                           label)))
+    name = photo.paths[0].replace("\\", "/").rsplit("/", 1)[-1]
+    image = (el("img", {"src": href(f"photos/{photo.preview}"), "width": pw, "height": ph, "alt": photo.paths[0]})
+             if photo.preview else el("svg", {"class": "noimg", "width": pw, "height": ph}))
+    listing = el("ul", {"class": "faces"}, [
+        el("li", {"class": "face"}, el("a", {"href": href(face_home[f.key][0])},
+                                        thumb(f, None, face_home[f.key][1], 124),
+                                        el("span", {"class": "cap"}, face_home[f.key][1])))
+        for f in photo.faces])
+    body = [el("h1", {}, name),
+            el("figure", {"class": "photo"}, image,
+               el("svg", {"viewBox": f"0 0 {pw} {ph}", "preserveAspectRatio": "none",
+                          "aria-label": "face boxes"}, boxes)),
+            stats([("Faces", str(len(photo.faces))), ("Size", f"{width} × {height}")]),
+            el("h2", {}, "Path" if len(photo.paths) == 1 else "Paths"),
+            [el("p", {"class": "path"}, p) for p in photo.paths],
+            el("h2", {}, "Faces in this photo"), listing]
+    return page(f"{name} · {user.user_id}", home + [(name, None)], body, 1)
+
+
+def index_page(users: list[UserSummary]) -> str:
+    rows = []
+    for u in users:
+        avatars = el("span", {"class": "avatars"}, [
+            el("img", {"src": href(f"{u.folder}/faces/{f.thumb}"), "alt": title, "title": title, "width": 36,
+                       "height": 36, "loading": "lazy"}) for title, f in u.top if f.thumb])
+        rows.append(el("tr", {"class": "user"},
+                       el("td", {"class": "user-id"}, el("a", {"href": href(f"{u.folder}/index.html")}, u.user_id)),
+                       el("td", {}, avatars),
+                       el("td", {"class": "num n-photos"}, f"{u.n_photos:,}"),
+                       el("td", {"class": "num n-faces"}, f"{u.n_faces:,}"),
+                       el("td", {"class": "num n-people"}, f"{u.n_people:,}"),
+                       el("td", {"class": "num n-unclustered"}, f"{u.n_unclustered:,}"),
+                       el("td", {"class": "num n-failures"}, f"{u.n_failures:,}")))
+    head = el("tr", {}, el("th", {}, "User"), el("th", {}, "Largest people"),
+              [el("th", {"class": "num"}, h) for h in ("Photos", "Faces", "People", "Not grouped", "Failures")])
+    figures = [("Users", f"{len(users):,}"), ("Photos", f"{sum(u.n_photos for u in users):,}"),
+               ("Faces", f"{sum(u.n_faces for u in users):,}"), ("People", f"{sum(u.n_people for u in users):,}"),
+               ("Failures", f"{sum(u.n_failures for u in users):,}")]
+    body = [el("h1", {}, "People in every library"), stats(figures), el("h2", {}, "Users"),
+            el("table", {"class": "users"}, el("thead", {}, head), el("tbody", {}, rows))
+            if users else el("p", {"class": "muted"}, "No users.")]
+    return page("facegroup report", [("All users", None)], body, 0)
+
+
+def build_report(output: str, people_per_page: int = PEOPLE_PER_PAGE, faces_per_page: int = FACES_PER_PAGE) -> str:
+    """Write <output>/report/ from the Parquet tables under <output>; returns the index.html path.
+
+    The report is built beside the old one and swapped in, so a rebuild replaces it whole; the same
+    tables always give byte-identical files.
+    """
+    out = Path(output)
+    if not out.is_dir():
+        raise FileNotFoundError(f"--output {output}: no such directory")
+    if not (out / "photos").is_dir() and not (out / "failures").is_dir():
+        raise FileNotFoundError(f"--output {output}: no photos/ or failures/ table; run the pipeline first")
+    if people_per_page < 1 or faces_per_page < 1:
+        raise ValueError("--people-per-page and --faces-per-page must be >= 1")
+    tables = Tables(out)
+    tmp, final, old = out / ".report.tmp", out / "report", out / ".report.old"
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    (tmp / "assets").mkdir(parents=True)
+    for name in ASSETS:
+        (tmp / "assets" / name).write_bytes(resources.files("pipeline").joinpath("report_assets", name).read_bytes())
+
+    summaries = []
+    for user_id in tables.user_ids():
+        user = load_user(tables, user_id, tmp)
+        write_user(tmp, user, people_per_page, faces_per_page)
+        summaries.append(UserSummary(user.user_id, user.folder, sum(user.statuses.values()), user.n_faces,
+                                     len(user.people), len(user.unclustered), len(user.failures),
+                                     [(p.title, p.faces[0]) for p in user.people[:INDEX_AVATARS]]))
+    write(tmp / "index.html", index_page(summaries))
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return str(final / "index.html")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report",
+                                     description="Build the static HTML report from the pipeline's Parquet outputs.")
+    parser.add_argument("--output", required=True, help="pipeline output folder holding photos/, faces/, clusters/, "
+                                                        "failures/; the report goes to <output>/report/")
+    parser.add_argument("--people-per-page", type=int, default=PEOPLE_PER_PAGE)
+    parser.add_argument("--faces-per-page", type=int, default=FACES_PER_PAGE)
+    args = parser.parse_args(argv)
+    try:
+        print(build_report(args.output, args.people_per_page, args.faces_per_page))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

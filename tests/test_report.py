@@ -1,0 +1,407 @@
+"""The HTML report, built from Parquet tables of real LFW faces and opened in headless Chromium.
+
+Why: the report is what users look at. The fixture runs a real detector (dlib HOG + 5-point shape,
+test-only) on real LFW photos: thumbnails are real aligned face chips, previews are real downscaled
+photos, people are LFW identities with distance_to_centre from real dlib embeddings, and faces that are
+background people or identities seen once are left unclustered. Hostile photo names, user ids, person
+names and error messages check that everything is printed as text and nothing runs.
+Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`) and selenium.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import html.parser
+import importlib.util
+import io
+import os
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import dlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from pipeline.report import build_report, main
+from pipeline.schemas import CLUSTERS, FAILURES, PHOTOS, face_key, faces_schema
+from tests.conftest import REPO, lfw_image
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("FACEGROUP_ARTIFACTS", REPO / "test-artifacts")) / "report"
+XSS_ALERT = "<img src=x onerror=alert(1)>.jpg"
+XSS_FLAG = "<img src=x onerror=window.__xss=1>"
+QUOTED = "holiday/\"quoted\" & 'single' <b>.jpg"
+NON_LATIN = "Фото/北京 — café.jpg"
+HOSTILE_USER = "Zoë \"<b>bold</b>\" & O'Neil"
+PREVIEW_SIDE = 200  # previews are downscaled from 250x250, so face boxes must be scaled by 0.8
+
+# user -> [(LFW identity, photo numbers, photo_path override per number)]
+LIBRARY = {
+    "alice": [("George_W_Bush", range(1, 7), {}), ("Colin_Powell", range(1, 6), {}),
+              ("Tony_Blair", range(1, 5), {}), ("Donald_Rumsfeld", range(1, 4), {}),
+              ("Aaron_Eckhart", [1], {}), ("Abba_Eban", [1], {})],
+    HOSTILE_USER: [("Gerhard_Schroeder", range(1, 5), {1: XSS_ALERT, 2: QUOTED, 3: NON_LATIN}),
+                   ("Ariel_Sharon", range(1, 4), {})],
+}
+# Known-people names: alice's come as the optional clusters/ `name` column (one is hostile), the
+# other user's as an optional people/ table (user_id, person_id, name).
+NAMES = {"George_W_Bush": "George W. Bush", "Colin_Powell": "Colin Powell", "Donald_Rumsfeld": XSS_FLAG}
+TABLE_NAMES = {"Ariel_Sharon": "Ариэль Шарон"}
+PEOPLE_TABLE = pa.schema([("user_id", pa.string()), ("person_id", pa.int32()), ("name", pa.string()),
+                          ("face_count", pa.int32())])
+
+
+def _write(out: Path, table: str, schema: pa.Schema, rows: list[dict]) -> None:
+    """One user's rows as <out>/<table>/user_id=<uid>/part-0.parquet (Hive layout, URI-encoded id)."""
+    folder = out / table / f"user_id={quote(rows[0]['user_id'], safe='')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
+
+
+def _jpeg(image: np.ndarray | Image.Image) -> bytes:
+    buf = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "JPEG", quality=88)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pipeline-shaped Parquet tables for three users, from real detections on real LFW photos."""
+    models = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0]) / "models"
+    detector = dlib.get_frontal_face_detector()
+    shaper = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    out = tmp_path_factory.mktemp("pipeline-out")
+    for user, identities in LIBRARY.items():
+        photos, faces, embeddings, identity_of = [], [], [], []
+        for name, numbers, paths in identities:
+            for number in numbers:
+                path = lfw_image(lfw, name, number)
+                data = path.read_bytes()
+                rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                sha = hashlib.sha256(data).hexdigest()
+                rel = paths.get(number, f"{name}/{path.name}")
+                dets = list(detector(rgb, 1))
+                centre = min(range(len(dets)), key=lambda i: abs(dets[i].center().x - 125)
+                             + abs(dets[i].center().y - 125), default=None)
+                preview = Image.fromarray(rgb).resize((PREVIEW_SIDE, PREVIEW_SIDE), Image.LANCZOS)
+                photos.append(dict(user_id=user, photo_path=rel, photo_sha256=sha,
+                                   status="faces" if dets else "no_face", n_faces=len(dets),
+                                   width=rgb.shape[1], height=rgb.shape[0], preview=_jpeg(preview)))
+                for i, det in enumerate(dets):
+                    shape = shaper(rgb, det)
+                    chip = dlib.get_face_chip(rgb, shape, size=150, padding=0.25)
+                    embeddings.append(np.array(encoder.compute_face_descriptor(chip), np.float32))
+                    identity_of.append(name if i == centre and len(numbers) > 1 else None)
+                    faces.append(dict(
+                        user_id=user, photo_path=rel, photo_sha256=sha, face_index=i, face_key=face_key(sha, i),
+                        box=[det.left(), det.top(), det.right(), det.bottom()],
+                        landmarks=[c for p in shape.parts() for c in (p.x, p.y)], det_score=1.0,
+                        embedder="dlib-resnet", embedder_version="v1", embedding=embeddings[-1].tolist(),
+                        thumbnail=_jpeg(chip)))
+        # The lower part of a real photo (shoulders, no face): the detector decides its status.
+        torso = np.ascontiguousarray(np.asarray(Image.open(lfw_image(lfw, "Tony_Blair", 5)).convert("RGB"))[170:])
+        found = len(detector(torso, 1))
+        photos.append(dict(user_id=user, photo_path="torso.jpg", photo_sha256=hashlib.sha256(torso).hexdigest(),
+                           status="faces" if found else "no_face", n_faces=found, width=torso.shape[1],
+                           height=torso.shape[0], preview=_jpeg(torso)))
+        broken = f"<img src=x onerror=window.__xss=2>-{user[:5]}.png"
+        photos.append(dict(user_id=user, photo_path=broken, photo_sha256=None, status="failed", n_faces=0,
+                           width=None, height=None, preview=None))
+        failure = dict(user_id=user, photo_path=broken, stage="decode",
+                       error="<script>window.__xss=3</script> cannot identify image file")
+        people = sorted({n for n in identity_of if n})
+        centres = {n: np.mean([e for e, m in zip(embeddings, identity_of) if m == n], axis=0) for n in people}
+        clusters = []
+        for face, emb, member in zip(faces, embeddings, identity_of):
+            pid = people.index(member) if member else -1
+            row = dict(user_id=user, face_key=face["face_key"], photo_sha256=face["photo_sha256"],
+                       face_index=face["face_index"], person_id=pid,
+                       cluster_size=identity_of.count(member) if member else 0,
+                       distance_to_centre=float(np.linalg.norm(emb - centres[member])) if member else 0.0)
+            if user == "alice":
+                row["name"] = NAMES.get(member)
+            clusters.append(row)
+        _write(out, "photos", PHOTOS, photos)
+        _write(out, "faces", faces_schema(128), faces)
+        named = CLUSTERS.append(pa.field("name", pa.string())) if user == "alice" else CLUSTERS
+        _write(out, "clusters", named, clusters)
+        _write(out, "failures", FAILURES, [failure])
+        if user == HOSTILE_USER:
+            _write(out, "people", PEOPLE_TABLE, [
+                dict(user_id=user, person_id=pid, name=TABLE_NAMES.get(n), face_count=identity_of.count(n))
+                for pid, n in enumerate(people)])
+    # A user whose only photo failed still gets a row on the index.
+    _write(out, "photos", PHOTOS, [dict(user_id="carol", photo_path="scan.heic", photo_sha256=None,
+                                        status="failed", n_faces=0, width=None, height=None, preview=None)])
+    _write(out, "failures", FAILURES, [dict(user_id="carol", photo_path="scan.heic", stage="read",
+                                            error="unsupported format")])
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(library: Path) -> Path:
+    """Small page sizes so that both people pages and person pages paginate."""
+    return Path(build_report(str(library), people_per_page=3, faces_per_page=4)).parent
+
+
+def _expected(out: Path) -> dict[str, dict[str, int]]:
+    """Counts read straight from the Parquet files, independent of the report code."""
+    def table(name: str) -> pa.Table:
+        return pa.concat_tables([pq.read_table(f) for f in sorted((out / name).glob("user_id=*/*.parquet"))],
+                                promote_options="default")
+    photos, faces, clusters, failures = (table(n) for n in ("photos", "faces", "clusters", "failures"))
+    users = sorted(set(photos.column("user_id").to_pylist()))
+    result = {}
+    for u in users:
+        pids = [p for uid, p in zip(clusters.column("user_id").to_pylist(), clusters.column("person_id").to_pylist())
+                if uid == u]
+        result[u] = {"photos": photos.column("user_id").to_pylist().count(u),
+                     "faces": faces.column("user_id").to_pylist().count(u),
+                     "people": len({p for p in pids if p >= 0}), "unclustered": pids.count(-1),
+                     "failures": failures.column("user_id").to_pylist().count(u)}
+    return result
+
+
+def _person_sizes(out: Path, user: str) -> list[int]:
+    """Face counts of the user's people, largest first, from clusters/."""
+    rows = pq.read_table(next((out / "clusters").glob(f"user_id={quote(user, safe='')}/*.parquet"))).to_pylist()
+    pids = [r["person_id"] for r in rows if r["person_id"] >= 0]
+    return sorted((pids.count(p) for p in set(pids)), reverse=True)
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [v for k, v in attrs if k in ("href", "src") and v is not None]
+
+
+def test_fixture_is_real(library: Path) -> None:
+    """The detector found faces on real photos, several people per user and some unclustered faces."""
+    counts = _expected(library)
+    assert counts["alice"]["people"] >= 4 and counts["alice"]["faces"] >= 20
+    assert counts[HOSTILE_USER]["people"] == 2
+    statuses = pq.read_table(next((library / "photos").glob("user_id=alice/*.parquet"))).column("status").to_pylist()
+    assert statuses.count("no_face") == 1 and statuses.count("failed") == 1
+    assert counts["alice"]["unclustered"] >= 2 and counts["carol"] == dict(photos=1, faces=0, people=0,
+                                                                             unclustered=0, failures=1)
+
+
+def test_files_are_static_self_contained_and_escaped(report: Path) -> None:
+    pages = sorted(report.rglob("*.html"))
+    assert len(pages) > 20
+    thumbs, previews = list(report.glob("u-*/faces/*.jpg")), list(report.glob("u-*/photos/*.jpg"))
+    assert thumbs and previews and all(Image.open(p).size == (150, 150) for p in thumbs)
+    assert all(max(Image.open(p).size) <= PREVIEW_SIDE for p in previews)  # previews, not full photos
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for raw in ("<img src=x", "<script", "<b>", "'single'"):
+            assert raw not in text, f"{raw!r} printed unescaped in {page.name}"
+        parser = _Links()
+        parser.feed(text)
+        for link in parser.links:
+            parts = urlsplit(link)
+            assert not parts.scheme and not parts.netloc and not link.startswith("/"), f"{link} in {page.name}"
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            assert target.is_relative_to(report.resolve()) and target.is_file(), f"broken {link} in {page.name}"
+    # Report file names come from hashes and ids only.
+    assert all(all(c.isalnum() or c in "-._" for c in p.name) for p in report.rglob("*"))
+
+
+def test_rebuild_is_identical_and_replaces(library: Path, report: Path) -> None:
+    def tree() -> dict[str, str]:
+        return {str(p.relative_to(report)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in report.rglob("*") if p.is_file()}
+    before = tree()
+    (report / "stale.html").write_text("old")
+    assert main(["--output", str(library), "--people-per-page", "3", "--faces-per-page", "4"]) == 0
+    assert tree() == before
+    assert not (library / ".report.tmp").exists() and not (library / ".report.old").exists()
+
+
+def test_bad_output_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(FileNotFoundError, match="--output"):
+        build_report(str(tmp_path / "missing"))
+    assert main(["--output", str(tmp_path)]) == 2
+    assert "no photos/" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def browser(report: Path):
+    """Headless Chromium (fresh profile, no network features) on a local http.server serving the report."""
+    assert CHROMIUM.is_file() and CHROMEDRIVER.is_file(), "install Debian chromium and chromium-driver"
+    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+                                directory=str(report))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    profile = report.parent / "chromium-profile"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.implicitly_wait(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver, f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        driver.quit()
+        server.shutdown()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _settle(driver: webdriver.Chrome, shot: str) -> None:
+    """Check the page ran nothing and logged no error, that its visible images decoded; save a screenshot."""
+    assert driver.execute_script("return window.__xss === undefined")
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text
+    broken = driver.execute_script(
+        "return [...document.images].filter(i => i.loading !== 'lazy' || i.getBoundingClientRect().top"
+        " < innerHeight).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    assert not broken, broken
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert not errors, errors
+    driver.save_screenshot(str(ARTIFACTS / f"{shot}.png"))
+
+
+def _wait_images(driver: webdriver.Chrome) -> None:
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all([...document.images].filter(i => i.getBoundingClientRect().top < innerHeight)"
+        ".map(i => i.decode().catch(() => 0))).then(() => done())")
+
+
+def _all_pages(driver: webdriver.Chrome, selector: str) -> int:
+    """Count `selector` over a listing and every page its pager links to."""
+    start = driver.current_url
+    urls = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, ".pager a")]
+    total = len(driver.find_elements(By.CSS_SELECTOR, selector))
+    for url in dict.fromkeys(urls):
+        driver.get(url)
+        total += len(driver.find_elements(By.CSS_SELECTOR, selector))
+    driver.get(start)
+    return total
+
+
+def test_browse_people_in_chromium(browser, library: Path) -> None:
+    driver, base = browser
+    expected = _expected(library)
+    driver.get(base + "index.html")
+    _wait_images(driver)
+    rows = {r.find_element(By.CSS_SELECTOR, ".user-id").text: r
+            for r in driver.find_elements(By.CSS_SELECTOR, "tr.user")}
+    assert sorted(rows) == sorted(expected)  # the hostile user id shows as its literal text
+    for user, counts in expected.items():
+        shown = {k: int(rows[user].find_element(By.CSS_SELECTOR, f".n-{k}").text.replace(",", "")) for k in counts}
+        assert shown == counts, user
+    _settle(driver, "01-index")
+
+    rows["alice"].find_element(By.CSS_SELECTOR, ".user-id a").click()
+    _wait_images(driver)
+    assert _all_pages(driver, "li.card") == expected["alice"]["people"]
+    stat = {d.find_element(By.TAG_NAME, "dt").text.lower(): d.find_element(By.TAG_NAME, "dd").text
+            for d in driver.find_elements(By.CSS_SELECTOR, ".stat")}
+    assert int(stat["people"]) == expected["alice"]["people"] and int(stat["faces"]) == expected["alice"]["faces"]
+    assert int(stat["photos"]) == expected["alice"]["photos"] and int(stat["no face"]) == 1
+    sizes = [int(c.text.split()[0]) for c in driver.find_elements(By.CSS_SELECTOR, "li.card .count")]
+    assert sizes == _person_sizes(library, "alice")[:len(sizes)]  # largest first
+    assert driver.find_elements(By.CSS_SELECTOR, ".chart svg rect.bar")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#unclustered + ul li.face")) == expected["alice"]["unclustered"]
+    assert "cannot identify image file" in driver.find_element(By.CSS_SELECTOR, "table.failures").text
+    _settle(driver, "02-user-alice")
+
+    card = driver.find_elements(By.CSS_SELECTOR, "li.card")[0]
+    assert card.find_element(By.CSS_SELECTOR, ".name").text == "George W. Bush"
+    card.find_element(By.TAG_NAME, "a").click()
+    _wait_images(driver)
+    assert driver.find_element(By.TAG_NAME, "h1").text == "George W. Bush"
+    assert _all_pages(driver, "li.face") == sizes[0] == 6  # 6 photos of George W. Bush, 4 per page
+    _settle(driver, "03-person")
+
+    tile = driver.find_elements(By.CSS_SELECTOR, "li.face a")[0]
+    photo_path = tile.get_attribute("title")
+    tile.click()
+    _wait_images(driver)
+    target = urlsplit(driver.current_url).fragment
+    rect = driver.find_element(By.CSS_SELECTOR, f"svg rect#{target}")
+    faces = pq.read_table(next((library / "faces").glob("user_id=alice/*.parquet"))).to_pylist()
+    box = next(f["box"] for f in faces if f["photo_path"] == photo_path and f"f{f['face_index']}" == target)
+    drawn = [float(rect.get_attribute(k)) for k in ("x", "y", "width", "height")]
+    scale = PREVIEW_SIDE / 250
+    assert drawn == pytest.approx([box[0] * scale, box[1] * scale, (box[2] - box[0]) * scale,
+                                   (box[3] - box[1]) * scale], abs=0.06)
+    assert driver.execute_script("return getComputedStyle(arguments[0]).stroke", rect) == "rgb(239, 68, 68)"
+    _settle(driver, "04-photo")
+
+
+def _texts(driver: webdriver.Chrome, selector: str, attr: str | None = None) -> dict[str, str]:
+    """Text (or `attr`) -> href of `selector` links on a listing and every page its pager links to."""
+    start, found = driver.current_url, {}
+    for url in [start] + list(dict.fromkeys(a.get_attribute("href")
+                                            for a in driver.find_elements(By.CSS_SELECTOR, ".pager a"))):
+        driver.get(url)
+        found.update({(a.get_attribute(attr) if attr else a.text): a.get_attribute("href")
+                      for a in driver.find_elements(By.CSS_SELECTOR, selector)})
+    driver.get(start)
+    return found
+
+
+def test_hostile_names_show_as_text(browser) -> None:
+    driver, base = browser
+    driver.get(base + "index.html")
+    driver.find_element(By.LINK_TEXT, HOSTILE_USER).click()
+    _wait_images(driver)
+    assert driver.find_element(By.TAG_NAME, "h1").text == HOSTILE_USER
+    assert sorted(c.text for c in driver.find_elements(By.CSS_SELECTOR, "li.card .name")) == [
+        "Person 1", "Ариэль Шарон"]  # a name from the people/ table; Gerhard_Schroeder (person 1) has none
+    page = driver.find_element(By.TAG_NAME, "body").text
+    assert "<script>window.__xss=3</script> cannot identify image file" in page
+    assert "<img src=x onerror=window.__xss=2>" in page
+    _settle(driver, "05-user-hostile")
+
+    photos = {}
+    for person in _texts(driver, "li.card a", "href").values():
+        driver.get(person)
+        photos.update(_texts(driver, "li.face a", "title"))
+    for i, name in enumerate((XSS_ALERT, QUOTED, NON_LATIN)):
+        driver.get(photos[name])
+        _wait_images(driver)
+        assert driver.find_element(By.TAG_NAME, "h1").text == name.rsplit("/", 1)[-1]
+        assert driver.find_element(By.CSS_SELECTOR, "p.path").text == name
+        assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"], script').length") == 0
+        _settle(driver, f"06-photo-hostile-{i}")
+
+    driver.get(base + "index.html")
+    driver.find_element(By.LINK_TEXT, "alice").click()
+    assert XSS_FLAG in _texts(driver, "li.card .name")  # a hostile known-person name
+    _settle(driver, "07-user-alice-names")
+
+
+def test_opens_from_disk(browser, report: Path) -> None:
+    """Users open report/index.html straight from disk: images and styles load under file:// too."""
+    driver, _ = browser
+    driver.get((report / "index.html").as_uri())
+    driver.find_element(By.LINK_TEXT, "alice").click()
+    _wait_images(driver)
+    assert driver.execute_script("return getComputedStyle(document.querySelector('.avatar')).borderRadius") == "50%"
+    driver.find_elements(By.CSS_SELECTOR, "li.card a")[0].click()
+    driver.find_elements(By.CSS_SELECTOR, "li.face a")[0].click()
+    _wait_images(driver)
+    assert driver.execute_script("return document.querySelector('.photo img').naturalWidth") == PREVIEW_SIDE
+    _settle(driver, "08-photo-file-url")
