@@ -17,37 +17,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import CACHE, LFW, read_pairs  # noqa: E402
+from bench.lfw_embed import LFW, detect_centre_faces, read_pairs  # noqa: E402
 from bench.lfw_verify import best_threshold, fold_accuracies, pair_distances  # noqa: E402
 from models.align import AlignSpec, align_faces  # noqa: E402
 from models.embedders import DLIB_ALIGN, DLIB_TEMPLATE, get_embedder  # noqa: E402
-from models.mtcnn import MTCNN, Detections, centre_face  # noqa: E402
+from models.mtcnn import Detections  # noqa: E402
 
 #: from bench/fit_dlib_template.py: per-point spread of MTCNN landmarks in dlib's chip frame
 INVERSE_VARIANCE = (1.0, 0.95, 0.10, 0.13, 0.11)
-
-
-def centre_detections(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes (N,4), landmarks (N,5,2) and detected (N,) of each image's centre face, cached."""
-    cache = CACHE / "view1-detections.npz"
-    if cache.is_file():
-        data = np.load(cache)
-        if list(data["paths"]) == [str(p) for p in paths]:
-            return data["boxes"], data["landmarks"], data["detected"]
-    mtcnn = MTCNN()
-    boxes, landmarks, detected = np.zeros((len(paths), 4)), np.zeros((len(paths), 5, 2)), np.zeros(len(paths), bool)
-    for start in range(0, len(paths), 32):
-        images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[start:start + 32]]
-        for j, (image, det) in enumerate(zip(images, mtcnn.detect(images))):
-            i = centre_face(det, image.shape[1], image.shape[0])
-            if i is not None:
-                boxes[start + j], landmarks[start + j], detected[start + j] = det.boxes[i], det.landmarks[i], True
-    mean = landmarks[detected].mean(0)
-    landmarks[~detected] = mean  # LFW faces are centred alike: fall back to the mean position
-    boxes[~detected] = [*mean.min(0), *mean.max(0)]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, paths=np.array([str(p) for p in paths]), boxes=boxes, landmarks=landmarks, detected=detected)
-    return boxes, landmarks, detected
 
 
 def embed_variant(model, images: list[np.ndarray], boxes: np.ndarray, landmarks: np.ndarray,
@@ -77,7 +54,10 @@ def main() -> None:
     is_test = np.array([0] * len(train) + [1] * len(test))
     folds = np.arange(len(pairs)) % 10
     paths = sorted({p for a, b, _ in pairs for p in (a, b)})
-    boxes, landmarks, detected = centre_detections(paths)
+    faces = detect_centre_faces(paths, progress=True)
+    boxes = np.stack([f["box"] for f in faces])
+    landmarks = np.stack([f["landmarks"] for f in faces])
+    detected = np.array([bool(f["detected"]) for f in faces])
     print(f"View-1 images {len(paths)}, undetected {int((~detected).sum())}")
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     model = get_embedder("dlib-resnet")

@@ -2,9 +2,10 @@
 embedder, with an on-disk cache keyed by file content hash and embedder version.
 
 The labelled face of an LFW image is the detection whose box centre is nearest the image
-centre. Images where MTCNN finds nothing fall back to the mean landmark positions of the
-detected faces of the same batch run (LFW crops are centred and scaled alike), and are
-counted as undetected.
+centre. Images where MTCNN finds nothing fall back to the mean relative landmark positions
+of all detected faces (LFW crops are centred and scaled alike), and are counted as
+undetected. Detections are cached apart from embeddings, so trying another alignment or
+embedder re-runs only the embedding.
 """
 from __future__ import annotations
 
@@ -50,85 +51,98 @@ def read_pairs(path: Path, root: Path = LFW) -> tuple[list[tuple[Path, Path, boo
     return pairs, folds
 
 
-class EmbeddingCache:
-    """sha256 -> (embedding, detected) for one embedder version, stored as one .npz."""
+class NpzCache:
+    """sha256 -> fixed-shape record of named arrays, stored as one .npz, saved atomically."""
 
-    def __init__(self, version: str, cache_dir: Path = CACHE) -> None:
-        safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in version)
-        self.path = cache_dir / f"{safe}.npz"
-        self.entries: dict[str, tuple[np.ndarray, bool]] = {}
-        if self.path.is_file():
-            data = np.load(self.path)
-            for key, emb, det in zip(data["keys"], data["embeddings"], data["detected"]):
-                self.entries[str(key)] = (emb, bool(det))
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, np.ndarray]] = {}
+        if path.is_file():
+            data = np.load(path)
+            fields = [f for f in data.files if f != "keys"]
+            for i, key in enumerate(data["keys"]):
+                self.entries[str(key)] = {f: data[f][i] for f in fields}
 
     def save(self) -> None:
-        """Write atomically (rename), so an interrupted run never corrupts the cache."""
+        """Write to a temp file then rename, so an interrupted run never corrupts the cache."""
+        if not self.entries:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(self.entries)
+        fields = self.entries[keys[0]].keys()
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), embeddings=np.stack([self.entries[k][0] for k in keys]),
-                 detected=np.array([self.entries[k][1] for k in keys]))
+        np.savez(tmp, keys=np.array(keys), **{f: np.stack([self.entries[k][f] for k in keys]) for f in fields})
         tmp.replace(self.path)
 
 
-def _centre_detections(detector: MTCNN, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """(box (4,), landmarks (5,2)) of each image's centre face, or None when undetected."""
-    found = []
-    for image, det in zip(images, detector.detect(images)):
-        i = centre_face(det, image.shape[1], image.shape[0])
-        found.append(None if i is None else (det.boxes[i], det.landmarks[i]))
-    return found
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
+
+
+def detect_centre_faces(paths: list[Path], cache_dir: Path = CACHE, batch_size: int = 32,
+                        detector: MTCNN | None = None, progress: bool = False) -> list[dict[str, np.ndarray]]:
+    """Per image: box (4,), landmarks (5,2) and detected () of the face nearest its centre.
+
+    Undetected images get the mean relative landmark position of all detected faces in
+    the cache, scaled to their size. Cached by file hash; saved every few hundred images.
+    """
+    cache = NpzCache(cache_dir / "detections-mtcnn-v1.npz")
+    keys = [file_sha256(p) for p in paths]
+    todo = sorted({k: p for k, p in zip(keys, paths) if k not in cache.entries}.items())
+    detector = detector or (MTCNN() if todo else None)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        images = [np.asarray(Image.open(p).convert("RGB")) for _, p in chunk]
+        for (key, _), image, det in zip(chunk, images, detector.detect(images)):
+            i = centre_face(det, image.shape[1], image.shape[0])
+            size = np.array(image.shape[1::-1], dtype=np.float32)
+            if i is None:
+                cache.entries[key] = {"box": np.zeros(4, np.float32), "landmarks": np.zeros((5, 2), np.float32),
+                                      "detected": np.array(False), "size": size}
+            else:
+                cache.entries[key] = {"box": det.boxes[i], "landmarks": det.landmarks[i],
+                                      "detected": np.array(True), "size": size}
+        if progress:
+            print(f"\rdetected {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
+        if (start // batch_size) % 20 == 19:
+            cache.save()
+    cache.save()
+    if progress and todo:
+        print(file=sys.stderr)
+    found = [e for e in cache.entries.values() if e["detected"]]
+    mean = np.mean([e["landmarks"] / e["size"] for e in found], axis=0) if found else np.full((5, 2), 0.5)
+    out = []
+    for key in keys:
+        entry = dict(cache.entries[key])
+        if not entry["detected"]:
+            entry["landmarks"] = (mean * entry["size"]).astype(np.float32)
+            entry["box"] = np.array([*entry["landmarks"].min(0), *entry["landmarks"].max(0)], np.float32)
+        out.append(entry)
+    return out
 
 
 def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", cache_dir: Path = CACHE,
-                 batch_size: int = 32, detector: MTCNN | None = None,
+                 batch_size: int = 64, detector: MTCNN | None = None,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N,D) float32 of the centre face of each image, and detected (N,) bool."""
     model = get_embedder(embedder) if isinstance(embedder, str) else embedder
-    cache = EmbeddingCache(f"{model.name}-{model.version}", cache_dir)
+    faces = detect_centre_faces(paths, cache_dir, detector=detector, progress=progress)
+    cache = NpzCache(cache_dir / f"{_safe(model.name + '-' + model.version)}.emb.npz")
     keys = [file_sha256(p) for p in paths]
-    todo = sorted({k: p for k, p in zip(keys, paths) if k not in cache.entries}.items())
-    if todo:
-        detector = detector or MTCNN()
-        fallback: list[tuple[str, np.ndarray]] = []
-        landmark_sum, landmark_n = np.zeros((5, 2)), 0
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            images = [np.asarray(Image.open(p).convert("RGB")) for _, p in chunk]
-            hits = []
-            for (key, _), image, hit in zip(chunk, images, _centre_detections(detector, images)):
-                if hit is None:
-                    fallback.append((key, image))
-                    continue
-                landmark_sum += hit[1] / np.array(image.shape[1::-1])
-                landmark_n += 1
-                hits.append((key, image, hit[0], hit[1]))
-            _embed_into(cache, model, hits, detected=True)
-            if progress:
-                print(f"\rembedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
-        mean_landmarks = landmark_sum / max(landmark_n, 1)
-        guesses = []
-        for key, image in fallback:
-            lm = mean_landmarks * np.array(image.shape[1::-1])
-            guesses.append((key, image, np.array([*lm.min(0), *lm.max(0)]), lm))
-        _embed_into(cache, model, guesses, detected=False)
-        cache.save()
+    todo = sorted({k: (p, f) for k, p, f in zip(keys, paths, faces) if k not in cache.entries}.items())
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        chips = np.concatenate([
+            align_faces(np.asarray(Image.open(p).convert("RGB")),
+                        Detections(boxes=f["box"][None], scores=np.ones(1, np.float32), landmarks=f["landmarks"][None]),
+                        model.align)
+            for _, (p, f) in chunk])
+        for (key, _), emb in zip(chunk, model.embed(chips)):
+            cache.entries[key] = {"embedding": emb}
         if progress:
-            print(file=sys.stderr)
-    embeddings = np.stack([cache.entries[k][0] for k in keys]).astype(np.float32)
-    detected = np.array([cache.entries[k][1] for k in keys])
-    return embeddings, detected
-
-
-def _embed_into(cache: EmbeddingCache, model: Embedder,
-                faces: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], detected: bool) -> None:
-    """Align and embed (key, image, box (4,), landmarks (5,2)) faces in one batch into the cache."""
-    if not faces:
-        return
-    chips = np.concatenate([
-        align_faces(image, Detections(boxes=box[None].astype(np.float32), scores=np.ones(1, np.float32),
-                                      landmarks=lm[None].astype(np.float32)), model.align)
-        for _, image, box, lm in faces])
-    for (key, *_), emb in zip(faces, model.embed(chips)):
-        cache.entries[key] = (emb, detected)
+            print(f"\rembedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
+    cache.save()
+    if progress and todo:
+        print(file=sys.stderr)
+    embeddings = np.stack([cache.entries[k]["embedding"] for k in keys]).astype(np.float32)
+    return embeddings, np.array([bool(f["detected"]) for f in faces])

@@ -115,7 +115,7 @@ def warp_faces(image: np.ndarray, transforms: np.ndarray, size: int) -> np.ndarr
     out = np.zeros((n, size, size, 3), dtype=np.uint8)
     if n == 0:
         return out
-    photo = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    photo = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
     scale = np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))  # chip px per photo px
     factors = np.maximum(1, np.floor(1.0 / np.maximum(scale, 1e-6))).astype(int)
     for factor in np.unique(factors):
