@@ -66,43 +66,41 @@ def _overlapping_pairs(boxes: torch.Tensor, groups: torch.Tensor, rank: torch.Te
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs of the same group with overlap > iou, as (higher-ranked, lower-ranked).
 
-    boxes (N,4), groups (N,), rank (N,) position in score order. Returns two LongTensors (E,).
+    boxes (N,4), groups (N,) non-negative, rank (N,) position in score order. Returns two
+    LongTensors (E,).
     """
     n = boxes.shape[0]
     device = boxes.device
-    x1, y1, x2, y2 = boxes.double().unbind(1)
-    # Sort key: group bands wide enough that a box's x-range never reaches the next band.
-    band = float(x2.max() - x1.min()) + abs(pixel_offset) + 2.0
-    key = groups.double() * band + (x1 - x1.min())
-    perm = torch.sort(key, stable=True).indices
-    key = key[perm]
-    # Boxes that can overlap box perm[i] (x1 <= its x2 + offset) follow it up to hi[i].
-    reach = key + (x2 - x1)[perm] + pixel_offset + 1.0
-    hi = torch.searchsorted(key, reach, right=True)
+    x1, x2 = boxes[:, 0].double(), boxes[:, 2].double()
+    left = x1.min()
+    # Sort key: group bands wider than any box's reach, so runs never cross groups.
+    band = float(x2.max() - left) + abs(pixel_offset) + 2.0
+    key, perm = torch.sort(groups.double() * band + (x1 - left), stable=True)
+    # The boxes that can overlap box perm[i] (x1 <= its x2 + offset) follow it up to hi[i].
+    hi = torch.searchsorted(key, key + (x2 - x1)[perm] + (pixel_offset + 1.0), right=True)
     counts = (hi - torch.arange(1, n + 1, device=device)).clamp_(min=0)
     ends = torch.cumsum(counts, 0)
     area = (boxes[:, 2] - boxes[:, 0] + pixel_offset) * (boxes[:, 3] - boxes[:, 1] + pixel_offset)
     src, dst = [], []
     start = 0
-    while start < n:
+    while start < n:  # chunks of about _BLOCK candidate pairs
         budget = (ends[start - 1] if start else 0) + _BLOCK
-        stop = max(start + 1, int(torch.searchsorted(ends, budget, right=True)))
-        stop = min(stop, n)
+        stop = min(n, max(start + 1, int(torch.searchsorted(ends, budget, right=True))))
         c = counts[start:stop]
         i = torch.repeat_interleave(torch.arange(start, stop, device=device), c)
-        first = torch.cumsum(c, 0) - c
+        first = torch.cumsum(c, 0) - c  # where row i's pairs start in this chunk
         j = i + 1 + torch.arange(i.shape[0], device=device) - torch.repeat_interleave(first, c)
         a, b = perm[i], perm[j]
-        w = (torch.minimum(boxes[a, 2], boxes[b, 2]) - torch.maximum(boxes[a, 0], boxes[b, 0])
-             + pixel_offset).clamp_(min=0)
-        h = (torch.minimum(boxes[a, 3], boxes[b, 3]) - torch.maximum(boxes[a, 1], boxes[b, 1])
-             + pixel_offset).clamp_(min=0)
-        inter = w * h
+        box_a, box_b = boxes[a], boxes[b]
+        wh = (torch.minimum(box_a[:, 2:], box_b[:, 2:]) - torch.maximum(box_a[:, :2], box_b[:, :2])
+              + pixel_offset).clamp_(min=0)
+        inter = wh[:, 0] * wh[:, 1]
+        area_a, area_b = area[a], area[b]
         if mode == "union":
-            overlap = inter / (area[a] + area[b] - inter)
+            overlap = inter / (area_a + area_b - inter)
         else:
-            overlap = inter / torch.minimum(area[a], area[b])
-        hit = (overlap > iou) & (groups[a] == groups[b])
+            overlap = inter / torch.minimum(area_a, area_b)
+        hit = overlap > iou
         a, b = a[hit], b[hit]
         swap = rank[a] > rank[b]
         src.append(torch.where(swap, b, a))

@@ -20,7 +20,7 @@ from models.align import AlignSpec
 #: chosen on View-1 by bench/fit_dlib_template.py.
 DLIB_TEMPLATE = ((47.9, 46.0), (102.1, 46.0), (74.7, 78.0), (51.4, 105.9), (98.8, 105.9))
 DLIB_ALIGN = AlignSpec("landmarks", 150, DLIB_TEMPLATE, weights=(1.0, 1.0, 1.0, 1.0, 1.0),
-                       tag="lm150-v1")
+                       tag="lm150-v2")
 #: FaceNet's own preprocessing: MTCNN box plus a 32 px margin at 160x160 (davidsandberg/facenet
 #: LFW protocol). Not measurable here: the published checkpoints cannot be downloaded.
 FACENET_ALIGN = AlignSpec("box", 160, margin=32.0, tag="box160m32")
