@@ -22,9 +22,12 @@ setup(
         "pillow>=10",
         "pyarrow>=14",
         "face_recognition_models==0.3.0",
+        "tqdm>=4.60",
+        "infomap>=2.7",
     ],
     extras_require={
         "heic": ["pillow-heif>=0.16"],
-        "tests": ["pytest>=8", "dlib-bin>=19.24", "selenium>=4.20", "pillow-heif>=0.16"],
+        "tests": ["pytest>=8", "dlib-bin>=19.24", "selenium>=4.20", "pillow-heif>=0.16",
+                  "dask[distributed]>=2024.1"],
     },
 )

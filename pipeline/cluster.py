@@ -1,0 +1,315 @@
+"""Group one user's face embeddings into people.
+
+Every method works on an exact k-nearest-neighbour graph of the faces, never on an
+n x n distance matrix, so 100,000 faces of one user fit in memory and time; for small
+libraries the graph is complete and the methods are exact.
+Faces left alone are reported as unclustered (person_id -1, cluster_size 1): the report
+shows them as "other faces" instead of thousands of one-photo people.
+"""
+from __future__ import annotations
+
+import heapq
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from sklearn.neighbors import NearestNeighbors
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """Per-face outcome; all arrays have shape (N,)."""
+
+    person_id: np.ndarray  # int32, -1 = unclustered (a face alone)
+    cluster_size: np.ndarray  # int32, 1 for unclustered
+    distance_to_centre: np.ndarray  # float32 Euclidean to the cluster's mean embedding, 0 for unclustered
+
+
+def knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean k nearest neighbours of every row of x (N,D), self excluded.
+
+    Returns (distances (N,k) float32 ascending, indices (N,k) int64), k clipped to N-1.
+    sklearn's brute search reduces in bounded chunks: memory O(N k), never O(N^2).
+    """
+    k = min(k, len(x) - 1)
+    if k < 1:
+        return np.zeros((len(x), 0), np.float32), np.zeros((len(x), 0), np.int64)
+    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x)
+    # Drop each row's own entry (usually column 0; exact duplicates may move it).
+    not_self = idx != np.arange(len(x))[:, None]
+    keep = np.where(not_self.all(axis=1)[:, None], np.arange(k + 1) < k, not_self)
+    return dist[keep].reshape(len(x), k).astype(np.float32), idx[keep].reshape(len(x), k)
+
+
+def knn_edges(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected kNN graph of x (N,D) as unique edges (i (E,), j (E,), distance (E,)), i < j."""
+    dist, idx = knn(x, k)
+    i = np.repeat(np.arange(len(x)), idx.shape[1])
+    j = idx.ravel()
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    _, first = np.unique(lo * len(x) + hi, return_index=True)
+    return lo[first], hi[first], dist.ravel()[first]
+
+
+#: Library size at which `distance_threshold` is the plain cut for two lone faces.
+REFERENCE_FACES = 100
+
+
+class AgglomerativeFaces:
+    """Average-linkage agglomerative clustering of embeddings x (N,D), with a size prior.
+
+    Two clusters A, B merge while
+        msd(A, B) - size_prior * ln(max(n_A, n_B) / N * REFERENCE_FACES) < distance_threshold**2,
+    msd being the mean squared distance over all cross pairs of their faces. The prior
+    term is the log prior odds that a face belongs to a cluster holding that share of
+    the library (a Chinese-restaurant prior): fragments join big albums readily, two lone
+    faces need strong evidence, and the cut tightens as the library grows, since each
+    face then has more look-alike strangers. With size_prior 0 this is plain UPGMA on
+    squared distances. msd decomposes over cluster means (msq_A + msq_B - 2 mean_A.mean_B),
+    so every linkage value is exact at O(D) cost; only clusters joined by an edge of the
+    `n_neighbors`-nearest-neighbour graph are candidates (all pairs for
+    N <= n_neighbors + 1), keeping memory O(N k).
+    fit(x) sets labels_ (N,) int64, -1 for faces left alone.
+    """
+
+    def __init__(self, distance_threshold: float = 0.38, size_prior: float = 0.01, n_neighbors: int = 30):
+        self.distance_threshold = distance_threshold
+        self.size_prior = size_prior
+        self.n_neighbors = n_neighbors
+
+    def fit(self, x: np.ndarray) -> "AgglomerativeFaces":
+        n = len(x)
+        limit = self.distance_threshold ** 2 - self.size_prior * np.log(n / REFERENCE_FACES)
+        dist, idx = knn(x, self.n_neighbors)
+        adjacency: list[set[int] | None] = [set(row) for row in idx.tolist()]
+        for a, row in enumerate(idx.tolist()):
+            for b in row:
+                adjacency[b].add(a)
+        # Per cluster: mean embedding and mean squared norm, so that the mean squared
+        # distance of two clusters is msq_A + msq_B - 2 mean_A . mean_B.
+        mean = x.astype(np.float64)
+        msq = np.einsum("nd,nd->n", mean, mean)
+        size = np.ones(n)
+        version = np.zeros(n, dtype=np.int64)
+        parent = np.arange(n)
+
+        def link(c: int, nb: np.ndarray) -> np.ndarray:
+            """Linkage (len(nb),) of cluster c to each nb: mean squared distance less the prior."""
+            msd = msq[nb] - 2 * (mean[nb] @ mean[c]) + msq[c]
+            return msd - self.size_prior * np.log(np.maximum(size[nb], size[c]))
+
+        def entry(c: int) -> tuple | None:
+            """Heap entry of cluster c: (closest link, c, its id, versions, second link)."""
+            nb = np.fromiter(adjacency[c], dtype=np.int64, count=len(adjacency[c]))
+            if not len(nb):
+                return None
+            values = link(c, nb)
+            i = int(values.argmin())
+            if values[i] >= limit:
+                return None
+            second = float(np.partition(values, 1)[1]) if len(nb) > 1 else np.inf
+            return float(values[i]), c, int(nb[i]), int(version[c]), int(version[nb[i]]), second
+
+        def root(c: int) -> int:
+            while parent[c] != c:
+                c = parent[c]
+            return int(c)
+
+        # One entry per cluster: its closest neighbour, plus the second-closest link as a
+        # bound on all others. The link of two unchanged clusters stays fixed, and each
+        # merged cluster re-enters with its own closest neighbour, so the smallest valid
+        # entry is the closest pair. An entry whose partner changed is
+        # repaired in O(D) while the partner's new link stays within the bound.
+        heap = [(float(d[0]) ** 2, c, int(i[0]), 0, 0, float(d[1]) ** 2 if len(d) > 1 else np.inf)
+                for c, (d, i) in enumerate(zip(dist.tolist(), idx.tolist())) if d and d[0] ** 2 < limit]
+        heapq.heapify(heap)
+        while heap:
+            _, a, b, va, vb, second = heapq.heappop(heap)
+            if parent[a] != a or version[a] != va:
+                continue  # a was merged: its merged cluster has a fresh entry
+            if parent[b] != b or version[b] != vb:
+                r = root(b)
+                value = float(link(a, np.array([r]))[0])
+                if value <= second:
+                    if value < limit:
+                        heapq.heappush(heap, (value, a, r, va, int(version[r]), second))
+                elif second < limit and (fresh := entry(a)):
+                    heapq.heappush(heap, fresh)
+                continue
+            if len(adjacency[a]) < len(adjacency[b]):
+                a, b = b, a  # keep the larger neighbour set: small-to-large merging
+            parent[b] = a
+            total = size[a] + size[b]
+            mean[a] = (size[a] * mean[a] + size[b] * mean[b]) / total
+            msq[a] = (size[a] * msq[a] + size[b] * msq[b]) / total
+            size[a] = total
+            version[a] += 1
+            for k in adjacency[b]:
+                adjacency[k].discard(b)
+                if k != a:
+                    adjacency[k].add(a)
+            adjacency[a] |= adjacency[b]
+            adjacency[a].discard(a)
+            adjacency[b] = None
+            if fresh := entry(a):
+                heapq.heappush(heap, fresh)
+        self.labels_ = _singletons_to_noise(_roots(parent))
+        return self
+
+    def fit_predict(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).labels_
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """Root (N,) of every node of a union-find forest given by parent (N,)."""
+    roots = parent.copy()
+    while True:
+        nxt = roots[roots]
+        if np.array_equal(nxt, roots):
+            return roots
+        roots = nxt
+
+
+class HDBSCANFaces:
+    """HDBSCAN (the `hdbscan` package) on the kNN graph of embeddings x (N,D).
+
+    Density-based: no global distance cut. Core distances and the minimum spanning tree
+    come from the exact `n_neighbors` graph (complete for small N), passed to hdbscan
+    as a sparse precomputed distance matrix; graph components are chained by edges
+    longer than any real one so the tree is connected, which hdbscan then splits.
+    fit(x) sets labels_ (N,) int64, -1 for noise.
+    """
+
+    def __init__(self, min_cluster_size: int = 2, min_samples: int = 2,
+                 cluster_selection_method: str = "eom", n_neighbors: int = 30):
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_method = cluster_selection_method
+        self.n_neighbors = n_neighbors
+
+    def fit(self, x: np.ndarray) -> "HDBSCANFaces":
+        import hdbscan
+        from scipy.sparse.csgraph import connected_components
+
+        n = len(x)
+        if n <= self.min_cluster_size:
+            self.labels_ = np.full(n, -1, dtype=np.int64)
+            return self
+        ei, ej, ed = knn_edges(x, max(self.n_neighbors, self.min_samples))
+        # hdbscan drops explicit zeros (identical faces): keep them as a tiny distance.
+        ed = np.maximum(ed.astype(np.float64), 1e-9)
+        graph = coo_matrix((ed, (ei, ej)), shape=(n, n)).tocsr()
+        n_comp, comp = connected_components(graph, directed=False)
+        if n_comp > 1:
+            first = np.unique(comp, return_index=True)[1]
+            far = 10.0 * (ed.max() + 1.0)
+            graph = graph + coo_matrix((np.full(n_comp - 1, far), (first[:-1], first[1:])), shape=(n, n)).tocsr()
+        graph = graph.maximum(graph.T).tocsr()
+        model = hdbscan.HDBSCAN(metric="precomputed", min_cluster_size=self.min_cluster_size,
+                                min_samples=self.min_samples,
+                                cluster_selection_method=self.cluster_selection_method)
+        self.labels_ = _singletons_to_noise(model.fit_predict(graph))
+        return self
+
+    def fit_predict(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).labels_
+
+
+class InfomapFaces:
+    """Infomap community detection (the `infomap` package) on the kNN graph of x (N,D).
+
+    Edges shorter than `max_distance` are kept with weight 1 - d / max_distance, so a
+    random walker stays among faces that are mutually close. fit(x) sets labels_ (N,)
+    int64, -1 for faces alone in their module.
+    """
+
+    def __init__(self, max_distance: float = 0.36, n_neighbors: int = 20, seed: int = 1):
+        self.max_distance = max_distance
+        self.n_neighbors = n_neighbors
+        self.seed = seed
+
+    def fit(self, x: np.ndarray) -> "InfomapFaces":
+        import infomap
+
+        n = len(x)
+        labels = np.full(n, -1, dtype=np.int64)
+        ei, ej, ed = knn_edges(x, self.n_neighbors)
+        keep = ed < self.max_distance
+        if keep.any():
+            im = infomap.Infomap(silent=True, two_level=True, seed=self.seed, num_trials=1)
+            weights = 1.0 - ed[keep] / self.max_distance
+            im.add_links(zip(ei[keep].tolist(), ej[keep].tolist(), weights.tolist()))
+            for node, module in im.run().modules().items():
+                labels[node] = module
+        self.labels_ = _singletons_to_noise(labels)
+        return self
+
+    def fit_predict(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).labels_
+
+
+ESTIMATORS = {"agglomerative": AgglomerativeFaces, "hdbscan": HDBSCANFaces, "infomap": InfomapFaces}
+METHODS = tuple(ESTIMATORS)
+DEFAULT_METHOD = "agglomerative"
+#: Each method's default parameters (its estimator's keyword defaults).
+DEFAULT_PARAMS: dict[str, dict] = {
+    name: {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    for name, cls in ESTIMATORS.items()}
+
+
+def _singletons_to_noise(labels: np.ndarray) -> np.ndarray:
+    """labels (N,) with every cluster of one face replaced by -1."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    valid = labels >= 0
+    counts = np.bincount(labels[valid], minlength=1)
+    labels[valid & (counts[np.maximum(labels, 0)] < 2)] = -1
+    return labels
+
+
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters of labels (N,) 0.. by size desc, ties by smallest face index.
+
+    Makes person ids independent of an algorithm's internal numbering; -1 stays.
+    """
+    out = np.full(len(labels), -1, dtype=np.int32)
+    valid = labels >= 0
+    if not valid.any():
+        return out
+    uniq, first, inverse, counts = np.unique(
+        labels[valid], return_index=True, return_inverse=True, return_counts=True)
+    first = np.flatnonzero(valid)[first]
+    rank = np.empty(len(uniq), dtype=np.int32)
+    rank[np.lexsort((first, -counts))] = np.arange(len(uniq), dtype=np.int32)
+    out[valid] = rank[inverse]
+    return out
+
+
+def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, **params) -> ClusterResult:
+    """Cluster embeddings (N,D) into people with `method` (one of METHODS).
+
+    params override the method's DEFAULT_PARAMS (e.g. distance_threshold=0.5).
+    """
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown --cluster method {method!r}; choose from {', '.join(METHODS)}")
+    unknown = set(params) - set(DEFAULT_PARAMS[method])
+    if unknown:
+        raise ValueError(f"--cluster {method} has no parameter {', '.join(sorted(unknown))}")
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must have shape (N, D), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    labels = ESTIMATORS[method](**params).fit_predict(x) if len(x) > 1 else np.full(len(x), -1)
+    person = canonical_labels(labels)
+    n_people = int(person.max()) + 1 if len(person) else 0
+    valid = person >= 0
+    sizes = np.bincount(person[valid], minlength=n_people)
+    cluster_size = np.ones(len(x), dtype=np.int32)
+    cluster_size[valid] = sizes[person[valid]]
+    centres = np.zeros((n_people, x.shape[1]), dtype=np.float64)
+    np.add.at(centres, person[valid], x[valid])
+    centres /= np.maximum(sizes, 1)[:, None]
+    distance = np.zeros(len(x), dtype=np.float32)
+    distance[valid] = np.linalg.norm(x[valid] - centres[person[valid]], axis=1)
+    return ClusterResult(person, cluster_size, distance)

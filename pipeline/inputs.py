@@ -1,0 +1,160 @@
+"""Which photos to process, and their bytes, through Beam's file systems.
+
+``--input`` is either a directory ``<root>/<user_id>/**/<photo>`` (every file below a
+user folder is an input photo; files directly in the root belong to no user and are
+reported as skipped) or a manifest (``.csv`` with a header, or ``.parquet``) with
+columns ``user_id`` and ``path`` (relative paths are resolved against the manifest's
+folder; absolute paths and URIs are used as they are and stored as given). Everything
+goes through ``apache_beam.io.filesystems.FileSystems`` (what MatchFiles/ReadMatches
+use), so local paths, gs://, s3://, ... work alike. Local listing does not follow
+symbolic links to directories (no loops); links to files are read.
+
+The launcher lists the library before the pipeline starts (`list_photos`): the listing
+is sorted, so batches are the same on every runner and every retry, and the number of
+photos listed is known independently of the runner's metrics (the end-of-run check).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.records import PhotoBytes, PhotoOutcome, PhotoRef, Skipped, describe_error, failed_outcome
+from pipeline.users import user_id_problem
+
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+MANIFEST_COLUMNS = ("user_id", "path")
+READ_CHUNK = 8 << 20
+
+
+@dataclass
+class Listing:
+    """The photos of a library, sorted by (user_id, photo_path), and the files skipped."""
+
+    photos: list[PhotoRef]
+    skipped: list[Skipped]
+
+    def batches(self, size: int) -> list[tuple[PhotoRef, ...]]:
+        """Consecutive groups of `size` photos (the last one may be smaller)."""
+        return [tuple(self.photos[i:i + size]) for i in range(0, len(self.photos), size)]
+
+
+def is_manifest(location: str) -> bool:
+    """Whether --input names a manifest file rather than a library directory."""
+    return location.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def normalise_location(location: str) -> str:
+    """Absolute form of a local path (workers may run elsewhere); URIs unchanged."""
+    if "://" in location:
+        return location.rstrip("/") if not location.endswith("://") else location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def list_photos(location: str) -> Listing:
+    """List a library folder or manifest; ValueError when it holds no photo at all."""
+    if is_manifest(location):
+        manifest_dir = FileSystems.split(location)[0]
+        items = [manifest_ref(row, manifest_dir) for row in read_manifest_rows(location)]
+    else:
+        matched = FileSystems.match([FileSystems.join(location, "**")])[0].metadata_list
+        items = [library_ref(meta.path, location) for meta in matched]
+    photos = sorted((i for i in items if isinstance(i, PhotoRef)), key=lambda r: (r.user_id, r.photo_path))
+    skipped = sorted((i for i in items if isinstance(i, Skipped)), key=lambda s: (s.path, s.reason))
+    if not photos:
+        layout = "rows with a valid user_id" if is_manifest(location) else "files in <root>/<user_id>/"
+        raise ValueError(f"--input {location}: no photos found (expected {layout}; {len(skipped)} skipped)")
+    return Listing(photos, skipped)
+
+
+def library_ref(path: str, root: str) -> PhotoRef | Skipped:
+    """The PhotoRef of a file listed under a library root, or why it belongs to no user."""
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"listed file {path!r} is not under the input root {root!r}")
+    rel = path[len(prefix):]
+    if "/" not in rel:
+        return Skipped(_printable(rel), "not inside a user folder")
+    user_id = rel.split("/", 1)[0]
+    problem = user_id_problem(user_id)
+    if problem:
+        return Skipped(_printable(rel), problem)
+    return PhotoRef(user_id, _valid_utf8(rel), path)
+
+
+def manifest_ref(row: tuple[object, object], manifest_dir: str) -> PhotoRef | Skipped:
+    """The PhotoRef of one manifest row (user_id, path), or why the row was skipped."""
+    user_id, path = ("" if v is None else str(v) for v in row)
+    if not path:
+        return Skipped(f"user {_printable(user_id)!r}", "manifest row without a path")
+    problem = user_id_problem(user_id)
+    if problem:
+        return Skipped(_printable(path), problem)
+    absolute = "://" in path or os.path.isabs(path)
+    return PhotoRef(user_id, path, path if absolute else FileSystems.join(manifest_dir, path))
+
+
+def _valid_utf8(text: str) -> str:
+    """`text` with undecodable file-name bytes (surrogate escapes) written as \\xNN, so
+    that it can be stored in Parquet strings."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters and undecodable bytes escaped (for the summary)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def read_manifest_rows(manifest: str) -> list[tuple[object, object]]:
+    """(user_id, path) of every row of a CSV or Parquet manifest, in file order."""
+    with FileSystems.open(manifest, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = f.read()
+    if manifest.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+        _check_columns(reader.fieldnames or [], manifest)
+        return [(row["user_id"], row["path"]) for row in reader]
+    table = pq.read_table(io.BytesIO(data))
+    _check_columns(table.column_names, manifest)
+    return list(zip(table.column("user_id").to_pylist(), table.column("path").to_pylist()))
+
+
+def _check_columns(columns: list[str], manifest: str) -> None:
+    missing = [c for c in MANIFEST_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"manifest {manifest} lacks column(s) {', '.join(missing)} "
+                         f"(needs {', '.join(MANIFEST_COLUMNS)}; has {', '.join(columns) or 'none'})")
+
+
+class FileTooLarge(ValueError):
+    """A file bigger than --max_file_bytes."""
+
+
+def read_bounded(uri: str, max_bytes: int) -> bytes:
+    """The bytes of `uri` (never decompressed), or FileTooLarge once it exceeds max_bytes."""
+    chunks, total = [], 0
+    with FileSystems.open(uri, mime_type="application/octet-stream",
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while chunk := f.read(READ_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise FileTooLarge(f"file is larger than --max_file_bytes={max_bytes}")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_photo(ref: PhotoRef, max_bytes: int) -> PhotoBytes | PhotoOutcome:
+    """The photo's bytes and SHA-256, or a failed outcome (stage "read") whose error names
+    the photo by its relative path only."""
+    try:
+        data = read_bounded(ref.uri, max_bytes)
+    except FileTooLarge as exc:
+        return failed_outcome(ref.user_id, ref.photo_path, "read", str(exc))
+    except Exception as exc:  # I/O errors of any file system become failure rows
+        return failed_outcome(ref.user_id, ref.photo_path, "read", describe_error(exc, {ref.uri: ref.photo_path}))
+    return PhotoBytes(ref, hashlib.sha256(data).hexdigest(), data)

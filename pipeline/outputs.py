@@ -1,0 +1,247 @@
+"""Per-user Parquet tables, written by one DoFn after grouping by user.
+
+Every user's outcomes arrive together (GroupByKey on an integer user key), and the
+writer produces ``<output>/<table>/user_id=<encoded id>/part-0.parquet`` for all four
+tables (empty tables included, so a re-run replaces every stale file), with the explicit
+schemas of pipeline.schemas, through ``FileSystems`` (local paths, gs://, ...). Each file
+is written under a unique hidden temporary name in its final folder and then renamed
+over the final name: a retried or duplicated bundle rewrites the same deterministic
+content under the same name, so outputs never hold duplicates, and readers
+(pyarrow ignores names starting with '.') never see half-written files. Beam's file sinks
+are not used: on DaskRunner they leave empty final files.
+
+Rows are sorted (photos and failures by path, faces and clusters by face_key) and faces
+are clustered in face_key order, so the same inputs give byte-for-byte comparable
+tables on every runner. A photo that appears under several paths of one user (same
+SHA-256) gets a photos/ row per path, but its faces are stored and clustered once (with
+the first path in sort order); face_key = "<sha256>:<face_index>" is unique per user.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import BinaryIO, Callable, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import schemas
+from pipeline.inference import EmbedderInfo
+from pipeline.records import PhotoOutcome
+from pipeline.users import user_folder
+
+TABLES = ("photos", "faces", "clusters", "failures")
+PART = "part-0.parquet"
+RUNS = "_runs"
+
+
+@dataclass
+class UserStats:
+    """Counts of one user's written tables (photos = with_faces + without_faces + failed)."""
+
+    user_id: str
+    photos: int = 0
+    with_faces: int = 0
+    without_faces: int = 0
+    failed: dict[str, int] = field(default_factory=lambda: {s: 0 for s in schemas.FAILURE_STAGES})
+    faces: int = 0
+    people: int = 0
+    unclustered: int = 0
+    same_photo_paths: int = 0  # photos rows whose faces were stored under another path
+    duplicate_listings: int = 0  # outcomes dropped because a manifest listed a path twice
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "UserStats":
+        return cls(**json.loads(text))
+
+
+def table_path(output: str, table: str, user_id: str) -> str:
+    """Final location of one user's part of `table`."""
+    return FileSystems.join(output, table, user_folder(user_id), PART)
+
+
+def run_record_path(output: str, run_id: str, name: str) -> str:
+    """Location of a per-run record (a user's stats) read back by the launcher."""
+    return FileSystems.join(output, RUNS, run_id, name)
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through a unique temporary file in the same folder, then rename it
+    over `path` (replacing what an earlier attempt or run wrote)."""
+    folder, name = FileSystems.split(path)
+    temp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    with FileSystems.create(temp, mime_type="application/octet-stream",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        write(f)
+    FileSystems.rename([temp], [path])
+
+
+def write_table(path: str, table: pa.Table) -> None:
+    """Write a Parquet file (zstd) atomically."""
+    write_atomically(path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small UTF-8 text file atomically."""
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _fixed_list(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    """(N,width) float32 -> fixed_size_list<float32, width> array of N rows."""
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)
+
+
+def unique_outcomes(outcomes: Iterable[PhotoOutcome]) -> list[PhotoOutcome]:
+    """Outcomes sorted by photo_path, one per path (a manifest may list a path twice)."""
+    seen: dict[str, PhotoOutcome] = {}
+    for outcome in sorted(outcomes, key=lambda o: (o.photo_path, o.status)):
+        seen.setdefault(outcome.photo_path, outcome)
+    return list(seen.values())
+
+
+def photos_table(user_id: str, outcomes: Sequence[PhotoOutcome]) -> pa.Table:
+    """One photos/ row per outcome (outcomes sorted by path)."""
+    return pa.Table.from_pydict({
+        "user_id": [user_id] * len(outcomes),
+        "photo_path": [o.photo_path for o in outcomes],
+        "photo_sha256": [o.sha256 for o in outcomes],
+        "status": [o.status for o in outcomes],
+        "n_faces": [len(o.faces) for o in outcomes],
+        "width": [o.width for o in outcomes],
+        "height": [o.height for o in outcomes],
+        "preview": [o.preview for o in outcomes],
+    }, schema=schemas.PHOTOS)
+
+
+def failures_table(user_id: str, outcomes: Sequence[PhotoOutcome]) -> pa.Table:
+    """One failures/ row per failed outcome."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    return pa.Table.from_pydict({
+        "user_id": [user_id] * len(failed),
+        "photo_path": [o.photo_path for o in failed],
+        "stage": [o.stage for o in failed],
+        "error": [o.error for o in failed],
+    }, schema=schemas.FAILURES)
+
+
+def faces_table(user_id: str, outcomes: Sequence[PhotoOutcome], embedder: EmbedderInfo) -> pa.Table:
+    """faces/ rows sorted by face_key, each face once (first path of a repeated photo)."""
+    rows = []
+    stored: set[str] = set()
+    for o in outcomes:
+        if not o.faces or o.sha256 in stored:
+            continue
+        stored.add(o.sha256)
+        rows.extend((schemas.face_key(o.sha256, k), o, k) for k in range(len(o.faces)))
+    rows.sort(key=lambda row: row[0])
+    faces = [o.faces[k] for _, o, k in rows]
+    n, dim = len(rows), embedder.dim
+    return pa.Table.from_arrays([
+        pa.array([user_id] * n, pa.string()),
+        pa.array([o.photo_path for _, o, _ in rows], pa.string()),
+        pa.array([o.sha256 for _, o, _ in rows], pa.string()),
+        pa.array([k for _, _, k in rows], pa.int32()),
+        pa.array([key for key, _, _ in rows], pa.string()),
+        _fixed_list(np.array([f.box for f in faces]).reshape(n, 4), 4),
+        _fixed_list(np.array([f.landmarks for f in faces]).reshape(n, 10), 10),
+        pa.array([f.det_score for f in faces], pa.float32()),
+        pa.array([embedder.name] * n, pa.string()),
+        pa.array([embedder.version] * n, pa.string()),
+        _fixed_list(np.array([f.embedding for f in faces]).reshape(n, dim), dim),
+        pa.array([f.thumbnail for f in faces], pa.binary()),
+    ], schema=schemas.faces_schema(dim))
+
+
+def clusters_table(faces: pa.Table, method: str) -> pa.Table:
+    """clusters/ rows for a user's faces table (sorted by face_key).
+
+    Raises ValueError when the faces come from more than one embedder or version:
+    distances between their embeddings mean nothing.
+    """
+    from pipeline.cluster import cluster_faces
+
+    embedders = sorted(set(zip(faces.column("embedder").to_pylist(),
+                               faces.column("embedder_version").to_pylist())))
+    if len(embedders) > 1:
+        names = ", ".join(f"{name} {version}" for name, version in embedders)
+        raise ValueError(f"refusing to cluster faces of user {faces.column('user_id')[0]} embedded by "
+                         f"different embedders together ({names}); re-embed them with one --embedder")
+    n = faces.num_rows
+    if n:
+        dim = faces.schema.field("embedding").type.list_size
+        x = faces.column("embedding").combine_chunks().flatten().to_numpy().reshape(n, dim)
+        result = cluster_faces(x, method)
+        person, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
+    else:
+        person = size = np.zeros(0, np.int32)
+        distance = np.zeros(0, np.float32)
+    return pa.Table.from_arrays([
+        faces.column("user_id"), faces.column("face_key"), faces.column("photo_sha256"),
+        faces.column("face_index"), pa.array(person, pa.int32()), pa.array(size, pa.int32()),
+        pa.array(distance, pa.float32())], schema=schemas.CLUSTERS)
+
+
+def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], embedder: EmbedderInfo,
+                method: str) -> tuple[dict[str, pa.Table], UserStats]:
+    """All four tables of one user and their counts."""
+    outcomes = list(outcomes)
+    ordered = unique_outcomes(outcomes)
+    faces = faces_table(user_id, ordered, embedder)
+    tables = {"photos": photos_table(user_id, ordered), "faces": faces,
+              "clusters": clusters_table(faces, method), "failures": failures_table(user_id, ordered)}
+    statuses = Counter(o.status for o in ordered)
+    person = tables["clusters"].column("person_id").to_numpy()
+    stats = UserStats(
+        user_id, photos=len(ordered), with_faces=statuses["faces"], without_faces=statuses["no_face"],
+        failed={s: sum(1 for o in ordered if o.stage == s) for s in schemas.FAILURE_STAGES},
+        faces=faces.num_rows, people=len(set(person[person >= 0].tolist())),
+        unclustered=int((person < 0).sum()),
+        same_photo_paths=statuses["faces"] - len(set(faces.column("photo_path").to_pylist())),
+        duplicate_listings=len(outcomes) - len(ordered))
+    return tables, stats
+
+
+class WriteUserTables(beam.DoFn):
+    """(user key, outcomes) -> the user's four Parquet files and run record; yields UserStats."""
+
+    def __init__(self, output: str, run_id: str, embedder: EmbedderInfo, method: str) -> None:
+        self.output = output
+        self.run_id = run_id
+        self.embedder = embedder
+        self.method = method
+        self.counters = {name: beam.metrics.Metrics.counter("facegroup", name) for name in (
+            "users_written", "photos_written", "photos_with_faces", "photos_without_faces",
+            "photos_failed", "faces_written", "people")}
+
+    def process(self, element: tuple[int, Iterable[PhotoOutcome]]):
+        by_user: dict[str, list[PhotoOutcome]] = defaultdict(list)
+        for outcome in element[1]:
+            by_user[outcome.user_id].append(outcome)  # a key collision must not mix users
+        for user_id in sorted(by_user):
+            tables, stats = user_tables(user_id, by_user[user_id], self.embedder, self.method)
+            for name in TABLES:
+                write_table(table_path(self.output, name, user_id), tables[name])
+            write_text(run_record_path(self.output, self.run_id, f"{user_folder(user_id)}.json"),
+                       stats.to_json())
+            self._count(stats)
+            yield stats
+
+    def _count(self, stats: UserStats) -> None:
+        c = self.counters
+        c["users_written"].inc()
+        c["photos_written"].inc(stats.photos)
+        c["photos_with_faces"].inc(stats.with_faces)
+        c["photos_without_faces"].inc(stats.without_faces)
+        c["photos_failed"].inc(sum(stats.failed.values()))
+        c["faces_written"].inc(stats.faces)
+        c["people"].inc(stats.people)

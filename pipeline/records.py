@@ -1,0 +1,132 @@
+"""The elements that flow between the pipeline's stages.
+
+One input photo becomes one `PhotoRef`, then (when readable) `PhotoBytes`, then (when
+decodable) `DecodedPhoto`, and always ends as exactly one `PhotoOutcome`: the record
+from which the per-user writer builds its `photos/`, `faces/` and `failures/` rows.
+Failures at any stage are turned into outcomes where they happen, so one bad photo
+never fails a bundle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+MAX_ERROR_LENGTH = 300
+
+
+@dataclass(frozen=True)
+class PhotoRef:
+    """A photo to process. `uri` is where to read it and is never written to outputs."""
+
+    user_id: str
+    photo_path: str  # relative to the input root, or the manifest's path as given
+    uri: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A listed file or manifest row that belongs to no valid user (reported, not processed)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class PhotoBytes:
+    """A photo's file content and its SHA-256 (hex)."""
+
+    ref: PhotoRef
+    sha256: str
+    data: bytes
+
+
+@dataclass
+class DecodedPhoto:
+    """A decoded photo in displayed orientation.
+
+    image: (H,W,3) uint8 RGB at full resolution (faces are aligned from it);
+    detect_image: (h,w,3) uint8, the same photo with longest side <= --max_detect_side
+    (the same array when no downscaling was needed); preview: JPEG bytes for the report.
+    """
+
+    user_id: str
+    photo_path: str
+    sha256: str
+    image: np.ndarray
+    detect_image: np.ndarray
+    preview: bytes
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def detect_scale(self) -> tuple[float, float]:
+        """(sx, sy) factors from detection-image pixels to full-resolution pixels."""
+        return (self.image.shape[1] / self.detect_image.shape[1],
+                self.image.shape[0] / self.detect_image.shape[0])
+
+
+@dataclass
+class Face:
+    """One detected, aligned and embedded face, in full-resolution displayed pixels.
+
+    box: (4,) float32 x1,y1,x2,y2; landmarks: (5,2) float32; embedding: (D,) float32 unit
+    norm; thumbnail: JPEG of the aligned chip.
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    det_score: float
+    embedding: np.ndarray
+    thumbnail: bytes
+
+
+@dataclass
+class PhotoOutcome:
+    """Everything the outputs need about one input photo, whatever happened to it.
+
+    status is "faces", "no_face" or "failed"; failed outcomes carry `stage` (one of
+    pipeline.schemas.FAILURE_STAGES) and a one-line `error`. Faces are in face_index
+    order (descending detection score).
+    """
+
+    user_id: str
+    photo_path: str
+    status: str
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    preview: bytes | None = None
+    faces: list[Face] = field(default_factory=list)
+    stage: str | None = None
+    error: str | None = None
+
+
+def failed_outcome(user_id: str, photo_path: str, stage: str, error: str,
+                   sha256: str | None = None, photo: DecodedPhoto | None = None) -> PhotoOutcome:
+    """A failed photo's outcome; keeps size and preview when the photo was decoded."""
+    if photo is None:
+        return PhotoOutcome(user_id, photo_path, "failed", sha256, stage=stage, error=error)
+    return PhotoOutcome(user_id, photo_path, "failed", photo.sha256, photo.width, photo.height,
+                        None, stage=stage, error=error)
+
+
+def describe_error(exc: BaseException, replace: Mapping[str, str] | None = None) -> str:
+    """One line naming the exception, with each `replace` key (e.g. a photo's absolute
+    location) replaced by its value (the photo's relative path).
+
+    Errors end up in failures/, which must never reveal paths outside the input root.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    for old, new in (replace or {}).items():
+        if old:
+            text = text.replace(old, new)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_LENGTH else text[:MAX_ERROR_LENGTH - 3] + "..."

@@ -1,0 +1,252 @@
+"""Build and run the pipeline, then finalise the output folder and print the summary.
+
+    python -m pipeline --input LIBRARY --output OUT [--runner ...] [any Beam flag]
+
+The launcher lists the library (sorted) and cuts it into batches of --batch_size
+photos. Graph: Create(batches) -> LoadPhotos (read with SHA-256, decode; lists bounded
+by pixel weight) -> RunInference (detect, align, embed; model once per worker process)
+-> key by user -> GroupByKey -> write the user's four tables. It is one linear chain of
+single-output steps with no side inputs, state or finish_bundle output, so it means the
+same on DirectRunner, DaskRunner and portable runners. Every photo listed becomes
+exactly one outcome; the end-of-run check compares the listing with the written tables.
+
+A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
+files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
+launcher reads those records, removes the folders of users that are no longer in the
+input and temporary files of failed attempts, builds the report, and writes
+``summary.json`` and finally ``_SUCCESS``. Output without ``_SUCCESS`` is incomplete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
+
+from pipeline import schemas
+from pipeline.decode import LoadPhotos
+from pipeline.inference import EmbedderInfo, FaceModelHandler, describe_embedder
+from pipeline.inputs import Listing, list_photos
+from pipeline.options import FaceGroupOptions, validate
+from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
+from pipeline.records import PhotoOutcome
+from pipeline.report import build_report
+from pipeline.users import user_folder, user_key
+
+SUCCESS = "_SUCCESS"
+SUMMARY = "summary.json"
+MAX_USERS_PRINTED = 20
+MAX_SKIPPED_LISTED = 100
+
+
+def by_user(outcome: PhotoOutcome) -> tuple[int, PhotoOutcome]:
+    """Outcome keyed for GroupByKey by its user's integer key (see users.user_key)."""
+    return user_key(outcome.user_id), outcome
+
+
+def build(p: beam.Pipeline, opts: FaceGroupOptions, listing: Listing, run_id: str,
+          embedder: EmbedderInfo) -> None:
+    """Add the whole pipeline to `p` (options validated, library listed)."""
+    handler = FaceModelHandler(embedder, opts.embedder_weights, opts.device, opts.min_face_size,
+                               opts.min_det_score)
+    _ = (p
+         | "PhotoBatches" >> beam.Create(listing.batches(opts.batch_size))
+         | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels, opts.max_detect_side,
+                                                 opts.batch_size))
+         | "DetectAlignEmbed" >> RunInference(handler.with_no_batching())
+         | "KeyByUser" >> beam.Map(by_user)
+         | "GroupByUser" >> beam.GroupByKey()
+         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, embedder, opts.cluster)))
+
+
+def skipped_record(listing: Listing) -> dict:
+    """Count, reasons and the first examples of the files that belong to no user."""
+    reasons: dict[str, int] = {}
+    for item in listing.skipped:
+        reasons[item.reason] = reasons.get(item.reason, 0) + 1
+    return {"count": len(listing.skipped), "reasons": reasons,
+            "examples": [asdict(s) for s in listing.skipped[:MAX_SKIPPED_LISTED]]}
+
+
+@dataclass
+class RunSummary:
+    """What a run produced; `format()` is the text printed at the end."""
+
+    run_id: str
+    runner: str
+    output: str
+    listed: int
+    wall_s: float
+    embedder: dict
+    cluster: str
+    users: list[UserStats]
+    skipped: dict = field(default_factory=lambda: {"count": 0, "reasons": {}, "examples": []})
+    counters: dict[str, int] | None = None
+    report: str | None = None
+
+    @property
+    def photos(self) -> int:
+        return sum(u.photos for u in self.users)
+
+    def total(self, name: str) -> int:
+        return sum(getattr(u, name) for u in self.users)
+
+    def failed(self) -> dict[str, int]:
+        return {s: sum(u.failed[s] for u in self.users) for s in schemas.FAILURE_STAGES}
+
+    def check(self) -> None:
+        """Raise RuntimeError unless every listed photo is accounted for exactly once."""
+        for u in self.users:
+            if u.photos != u.with_faces + u.without_faces + sum(u.failed.values()):
+                raise RuntimeError(f"user {u.user_id}: {u.photos} photos != with faces + without + failed")
+        if self.listed != self.photos + self.total("duplicate_listings"):
+            raise RuntimeError(f"{self.listed} photos listed but {self.photos} written (and "
+                               f"{self.total('duplicate_listings')} duplicate listings): photos were lost")
+
+    def format(self) -> str:
+        failed = self.failed()
+        n_failed = sum(failed.values())
+        rate = self.photos / self.wall_s if self.wall_s > 0 else 0.0
+        lines = [
+            f"facegroup run {self.run_id} on {self.runner}: {self.photos} photos of {len(self.users)} users "
+            f"in {self.wall_s:.1f} s = {rate:.1f} photos/s",
+            f"photos listed {self.listed}, written {self.photos} = with faces {self.total('with_faces')} + "
+            f"without faces {self.total('without_faces')} + failed {n_failed}"
+            + (f" (+ {self.total('duplicate_listings')} duplicate manifest rows)"
+               if self.total("duplicate_listings") else ""),
+            "failed by stage: " + ", ".join(f"{s} {n}" for s, n in failed.items()),
+            f"faces {self.total('faces')} ({self.embedder['name']} {self.embedder['version']}, "
+            f"{self.embedder['dim']}-d), people {self.total('people')} ({self.cluster} clustering), "
+            f"unclustered faces {self.total('unclustered')}",
+            "people per user:",
+        ]
+        for u in self.users[:MAX_USERS_PRINTED]:
+            lines.append(f"  {u.user_id}: {u.people} people, {u.unclustered} unclustered faces; "
+                         f"{u.photos} photos, {u.faces} faces, {sum(u.failed.values())} failed")
+        if len(self.users) > MAX_USERS_PRINTED:
+            lines.append(f"  ... {len(self.users) - MAX_USERS_PRINTED} more users in {SUMMARY}")
+        if self.skipped["count"]:
+            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped["reasons"].items()))
+            lines.append(f"skipped {self.skipped['count']} files that belong to no user ({reasons})")
+        if self.counters is None:
+            lines.append("Beam counters: not reported by this runner (figures above are from the written tables)")
+        else:
+            lines.append("Beam counters: " + " ".join(f"{k}={v}" for k, v in sorted(self.counters.items())))
+        lines.append(f"output: {self.output}" + (f" (report: {self.report})" if self.report else ""))
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"photos": self.photos}, indent=2, sort_keys=True)
+
+
+def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] | None:
+    """The run's "facegroup" counters (committed where the runner tracks them), or None
+    when the runner reports no metrics (DaskRunner)."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace("facegroup"))["counters"]
+    except (NotImplementedError, AttributeError):
+        return None
+    counters: dict[str, int] = {}
+    for r in found:
+        value = r.committed if r.committed is not None else r.attempted
+        counters[r.key.metric.name] = counters.get(r.key.metric.name, 0) + int(value or 0)
+    return counters
+
+
+def finalise(output: str, run_id: str) -> list[UserStats]:
+    """Read the run's per-user records, delete stale user folders and temp files, drop
+    the records. Returns the per-user stats sorted by user id."""
+    records = FileSystems.match([run_record_path(output, run_id, "*.json")])[0].metadata_list
+    users = []
+    for meta in records:
+        with FileSystems.open(meta.path) as f:
+            users.append(UserStats.from_json(f.read().decode("utf-8")))
+    users.sort(key=lambda u: u.user_id)
+    keep = {user_folder(u.user_id) for u in users}
+    for table in TABLES:
+        root = FileSystems.join(output, table)
+        stale_folders, temp_files = set(), []
+        for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
+            folder, name = FileSystems.split(meta.path)
+            if FileSystems.split(folder)[1] not in keep:
+                stale_folders.add(folder)
+            elif name.startswith(".") and name.endswith(".tmp"):
+                temp_files.append(meta.path)
+        if stale_folders or temp_files:
+            FileSystems.delete(sorted(stale_folders) + temp_files)
+    runs = FileSystems.join(output, RUNS)
+    if FileSystems.exists(runs):
+        FileSystems.delete([runs])
+    return users
+
+
+def run(argv: list[str] | None = None) -> RunSummary:
+    """Run the pipeline with command-line `argv`; returns the checked summary.
+
+    Raises ValueError/FileNotFoundError for bad options or input, RuntimeError when the
+    pipeline fails or a listed photo is missing from the outputs (no _SUCCESS then).
+    """
+    options = PipelineOptions(argv)
+    opts = options.view_as(FaceGroupOptions)
+    validate(opts)
+    listing = list_photos(opts.input)
+    embedder = describe_embedder(opts.embedder, opts.embedder_weights)
+    run_id = uuid.uuid4().hex[:12]
+    success = FileSystems.join(opts.output, SUCCESS)
+    if FileSystems.exists(success):
+        FileSystems.delete([success])
+    p = beam.Pipeline(options=options)
+    build(p, opts, listing, run_id, embedder)
+    start = time.perf_counter()
+    result = p.run()
+    state = result.wait_until_finish()
+    wall = time.perf_counter() - start
+    if state != PipelineState.DONE:
+        raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")
+    users = finalise(opts.output, run_id)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    summary = RunSummary(run_id, str(runner).rsplit(".", 1)[-1], opts.output, len(listing.photos), wall,
+                         asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result))
+    summary.check()
+    summary.report = build_report(opts.output)
+    write_text(FileSystems.join(opts.output, SUMMARY), summary.to_json())
+    write_text(success, run_id + "\n")
+    return summary
+
+
+def help_parser() -> argparse.ArgumentParser:
+    """The parser that documents `python -m pipeline --help`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Group each user's photos into people: find faces (MTCNN), embed them (--embedder), "
+                    "cluster them per user (--cluster) and write Parquet tables and an HTML report "
+                    "under --output. Runs on Apache Beam.",
+        epilog="Any Apache Beam pipeline flag passes through, e.g. --runner DirectRunner "
+               "--direct_num_workers 2 --direct_running_mode multi_processing, or --runner "
+               "apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address HOST:PORT.")
+    FaceGroupOptions._add_argparse_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m pipeline`: prints the summary; one-line errors, exit 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        help_parser().print_help()
+        return 0
+    try:
+        summary = run(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
