@@ -58,10 +58,11 @@ class NpzCache:
         self.path = path
         self.entries: dict[str, dict[str, np.ndarray]] = {}
         if path.is_file():
-            data = np.load(path)
-            fields = [f for f in data.files if f != "keys"]
-            for i, key in enumerate(data["keys"]):
-                self.entries[str(key)] = {f: data[f][i] for f in fields}
+            with np.load(path) as data:  # each data[f] reads the whole array: read each once
+                arrays = {f: data[f] for f in data.files}
+            keys = arrays.pop("keys")
+            for i, key in enumerate(keys):
+                self.entries[str(key)] = {f: a[i] for f, a in arrays.items()}
 
     def save(self) -> None:
         """Write to a temp file then rename, so an interrupted run never corrupts the cache."""
@@ -141,6 +142,8 @@ def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", ca
             cache.entries[key] = {"embedding": emb}
         if progress:
             print(f"\rembedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
+        if (start // batch_size) % 20 == 19:
+            cache.save()
     cache.save()
     if progress and todo:
         print(file=sys.stderr)
