@@ -1,4 +1,4 @@
-"""Fine-tune a face embedder on labelled faces (FaceNet-style), and load the result.
+"""Fine-tune a face embedder on labelled faces (FaceNet-style).
 
     python -m models.train --data PEOPLE_DIR --out runs/ft1            # folder per identity
     python -m models.train --faces OUT/faces --labels labels.csv --out runs/ft2
@@ -15,8 +15,9 @@ the final linear layer): the frozen part runs once over every face and its outpu
 which makes CPU training feasible; --trainable all trains every layer from the chips.
 After each epoch the model is evaluated on LFW View-1 (threshold chosen on pairsDevTrain,
 accuracy on pairsDevTest) and a checkpoint is written (<out>/last.pt); the checkpoint is also
-a weights file for the pipeline (`get_embedder("dlib-resnet", weights="last.pt")`, see
-load_finetuned) and carries its lineage (base weights, data, objective, steps, date).
+a weights file for the pipeline (`python -m pipeline --embedder dlib-resnet --embedder_weights
+runs/ft1/last.pt ...`, see models.finetuned) and carries its lineage (base weights, data,
+objective, steps, date), which the pipeline writes into the faces/ Parquet metadata.
 """
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ import io
 import os
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,9 +42,9 @@ from tqdm import tqdm
 
 from models.align import AlignSpec, align_faces
 from models.embedders import Embedder, get_embedder, resolve_device
+from models.finetuned import read_checkpoint, save_checkpoint
 from models.triplet import MINING, LossOutput, SoftmaxCenterLoss, TripletLoss
 
-CHECKPOINT_FORMAT = "facegroup-finetuned-embedder/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 OBJECTIVES = ("triplet", "center")
 OPTIMIZERS = ("adam", "adagrad")
@@ -482,58 +482,6 @@ class View1Evaluator:
                 "devtest_auc": float(roc_auc_score(s_test, -d_test))}
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, split: SplitNetwork, lineage: dict, train_state: dict) -> None:
-    """Write atomically: {"format", "state_dict" (the whole network, base key names),
-    "lineage", "train_state" (optimizer, objective, position; for --resume only)}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": split.network.state_dict(),
-                "lineage": lineage, "train_state": train_state}, tmp)
-    tmp.replace(path)
-
-
-def _read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"fine-tuned checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a fine-tuned checkpoint (not a torch.save archive)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    return ckpt
-
-
-def base_network(name: str) -> nn.Module:
-    """An untrained network of the embedder `name`'s architecture."""
-    from models.dlib_resnet import DlibResNet
-    from models.inception_resnet_v1 import InceptionResnetV1
-
-    builders: dict[str, Callable[[], nn.Module]] = {"dlib-resnet": DlibResNet, "facenet": InceptionResnetV1}
-    if name not in builders:
-        raise ValueError(f"checkpoint base model {name!r} is not one of {', '.join(builders)}")
-    return builders[name]()
-
-
-def load_finetuned(path: str | Path) -> tuple[nn.Module, dict]:
-    """(network in eval mode, lineage dict) of a checkpoint written by models.train.
-
-    lineage: base_model, base_weights (file digest), align, data {description, identities,
-    faces, sha256}, objective, trainable, optimizer, steps, epochs, date, torch, evaluation.
-    Raises FileNotFoundError / ValueError naming the file.
-    """
-    ckpt = _read_checkpoint(path)
-    lineage = ckpt["lineage"]
-    network = base_network(lineage["base_model"])
-    try:
-        network.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not fit {lineage['base_model']}: {str(err).splitlines()[0]}") from None
-    return network.eval(), lineage
-
-
 # --------------------------------------------------------------------------- training
 
 @dataclass
@@ -641,12 +589,12 @@ class Trainer:
                  "epoch": self.epoch, "batch": self.batch, "step": self.step,
                  "config": vars(self.config), "history": self.history,
                  "data_sha256": self.faces.digest()}
-        save_checkpoint(path, self.split, self.lineage(), state)
+        save_checkpoint(path, self.split.network, self.lineage(), state)
         return path
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint of the same configuration and data."""
-        ckpt = _read_checkpoint(path)
+        ckpt = read_checkpoint(path)
         state = ckpt["train_state"]
         for key, value in vars(self.config).items():
             if state["config"].get(key) != value:
