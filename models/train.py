@@ -227,12 +227,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 class CentreFaces:
     """Aligned chips of the face nearest each photo's centre (the labelled face of a
-    folder-per-identity photo, or of an LFW image), detected once per path and kept.
+    folder-per-identity photo), detected by MTCNN once per path and kept.
 
-    chips(paths, guess_undetected) -> (chips (N,S,S,3) uint8, detected (N,) bool). Photos where
-    MTCNN finds no face get an all-zero chip, or with `guess_undetected` a chip cut at the mean
-    (image-size relative) landmarks of every face detected so far, as LFW's centred crops
-    allow (bench/lfw_embed's convention).
+    chips(paths) -> (chips (N,S,S,3) uint8, detected (N,) bool); photos where MTCNN finds no
+    face get an all-zero chip.
     """
 
     def __init__(self, align: AlignSpec, detector=None, batch_size: int = 16,
@@ -242,9 +240,8 @@ class CentreFaces:
         self.align, self.detector = align, detector or MTCNN()
         self.batch_size, self.progress = batch_size, progress
         self.found: dict[Path, np.ndarray | None] = {}  # path -> aligned chip, None if no face
-        self.rel_landmarks: list[np.ndarray] = []  # (5,2) landmarks / (width, height)
 
-    def chips(self, paths: Sequence[Path], guess_undetected: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
         from models.mtcnn import Detections, centre_face
 
         todo = sorted({p for p in paths if p not in self.found})
@@ -254,31 +251,43 @@ class CentreFaces:
             images = [read_rgb(p) for p in batch]
             for path, image, det in zip(batch, images, self.detector.detect(images)):
                 i = centre_face(det, image.shape[1], image.shape[0])
-                if i is None:
-                    self.found[path] = None
-                    continue
-                self.found[path] = align_faces(image, Detections(
+                self.found[path] = None if i is None else align_faces(image, Detections(
                     boxes=det.boxes[i:i + 1], scores=det.scores[i:i + 1],
                     landmarks=det.landmarks[i:i + 1]), self.align)[0]
-                self.rel_landmarks.append(det.landmarks[i] / np.array(image.shape[1::-1]))
         size = self.align.size
         chips = np.zeros((len(paths), size, size, 3), np.uint8)
         detected = np.array([self.found[p] is not None for p in paths], bool)
         for k, path in enumerate(paths):
             if detected[k]:
                 chips[k] = self.found[path]
-            elif guess_undetected and self.rel_landmarks:
-                chips[k] = self._guess(read_rgb(path))
         return chips, detected
 
-    def _guess(self, image: np.ndarray) -> np.ndarray:
-        """Chip at the mean relative landmarks of the detected faces, scaled to this image."""
+
+class LfwCentreFaces:
+    """CentreFaces for LFW images from bench/lfw_embed's detection cache (shared with the
+    verification benches; MTCNN runs only for images not in it). Undetected images are cut
+    at the mean relative landmarks of the detected ones, as LFW's centred crops allow
+    (lfw_embed's convention), and flagged in `detected`.
+
+    chips(paths) -> (chips (N,S,S,3) uint8, detected (N,) bool).
+    """
+
+    def __init__(self, align: AlignSpec, cache_dir: Path | None = None, progress: bool = True) -> None:
+        # The LFW detection cache lives with the verification bench; see view1_pairs.
+        from bench.lfw_embed import CACHE
+
+        self.align, self.cache_dir, self.progress = align, cache_dir or CACHE, progress
+
+    def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+        from bench.lfw_embed import detect_centre_faces
         from models.mtcnn import Detections
 
-        lm = (np.mean(self.rel_landmarks, axis=0) * np.array(image.shape[1::-1]))[None].astype(np.float32)
-        box = np.concatenate([lm[0].min(0), lm[0].max(0)])[None]
-        return align_faces(image, Detections(boxes=box, scores=np.ones(1, np.float32),
-                                             landmarks=lm), self.align)[0]
+        found = detect_centre_faces(list(paths), self.cache_dir, progress=self.progress)
+        chips = np.stack([align_faces(read_rgb(p), Detections(
+            boxes=f["box"][None], scores=np.ones(1, np.float32), landmarks=f["landmarks"][None]),
+            self.align)[0] for p, f in tqdm(list(zip(paths, found)), desc="align", leave=False,
+                                            disable=not self.progress)])
+        return chips, np.array([bool(f["detected"]) for f in found])
 
 
 def _labelled_files(root: Path) -> tuple[list[Path], list[str]]:
@@ -305,7 +314,7 @@ def _faceset(chips: np.ndarray, names: Sequence[str], sources: Sequence[str], de
                    list(sources), description, skipped)
 
 
-def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | None = None,
+def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | LfwCentreFaces | None = None,
                      identities: Iterable[str] | None = None) -> FaceSet:
     """Faces of `root`/<identity>/<image>: the centre face of each photo detected and aligned
     by `faces` (photos with no face are skipped), or, when `faces` is None, already aligned
@@ -446,19 +455,19 @@ def view1_pairs(lfw: Path) -> tuple[list[tuple[Path, Path, bool]], list[tuple[Pa
 class View1Evaluator:
     """LFW View-1 verification: threshold chosen on pairsDevTrain, accuracy on pairsDevTest.
 
-    The pair images' chips (centre face; undetected images from mean landmarks, as in
-    bench/lfw_verify) are aligned by `faces` and, through the frozen trunk, featurised once.
+    The pair images' chips (LfwCentreFaces unless `faces` is given: the detections of
+    bench/lfw_verify) are featurised once through the frozen trunk.
     evaluate(split) -> {"devtest_accuracy", "threshold", "devtrain_accuracy", "devtest_auc"}:
     the accuracies at the DevTrain threshold, and DevTest's threshold-free ROC AUC;
     `devtest_correct` (M,) bool then holds each DevTest pair's outcome, for paired comparisons.
     """
 
     def __init__(self, lfw: Path, split: SplitNetwork, embedder: Embedder, device: torch.device,
-                 faces: CentreFaces) -> None:
+                 faces: LfwCentreFaces | None = None) -> None:
         self.train_pairs, self.test_pairs = view1_pairs(lfw)
         paths = sorted({p for a, b, _ in self.train_pairs + self.test_pairs for p in (a, b)})
         self.index = {p: i for i, p in enumerate(paths)}
-        chips, detected = faces.chips(paths, guess_undetected=True)
+        chips, detected = (faces or LfwCentreFaces(embedder.align)).chips(paths)
         self.undetected = int((~detected).sum())
         self.features = Features(chips, split, embedder, device, desc="LFW View-1 features")
 
@@ -710,15 +719,17 @@ def main(argv: list[str] | None = None) -> int:
         embedder = get_embedder(args.embedder, device, args.weights)
         split = SplitNetwork(embedder.network, args.trainable)
         lfw = None if args.lfw == "none" else Path(args.lfw) if args.lfw else LFW if LFW.is_dir() else None
-        aligner = None
-        if (args.data is not None and not args.aligned) or lfw is not None:
+        if args.data is None:
+            faces = load_parquet_faces(args.faces, args.labels, embedder)
+        elif args.aligned:
+            faces = load_folder_tree(args.data, embedder.align)
+        else:
             from models.mtcnn import MTCNN
-            aligner = CentreFaces(embedder.align, MTCNN(min_face_size=args.min_face, device=device))
-        faces = (load_folder_tree(args.data, embedder.align, None if args.aligned else aligner)
-                 if args.data is not None else load_parquet_faces(args.faces, args.labels, embedder))
+            faces = load_folder_tree(args.data, embedder.align, CentreFaces(
+                embedder.align, MTCNN(min_face_size=args.min_face, device=device)))
         print(f"{len(faces.labels)} faces of {len(faces.identities)} identities "
               f"({len(faces.skipped)} inputs without a face skipped)", file=sys.stderr)
-        evaluator = View1Evaluator(lfw, split, embedder, device, aligner) if lfw else None
+        evaluator = View1Evaluator(lfw, split, embedder, device) if lfw else None
         if evaluator is None:
             print("no LFW View-1 evaluation (--lfw none, or LFW not found)", file=sys.stderr)
         else:

@@ -20,8 +20,8 @@ from models.dlib_resnet import DlibResNet, load_dlib_resnet
 from models.embedders import get_embedder
 from models.finetuned import load_finetuned
 from models.inception_resnet_v1 import InceptionResnetV1
-from models.train import (CentreFaces, Features, PKSampler, SplitNetwork, TrainConfig, Trainer,
-                          _faceset, embed_features, load_folder_tree,
+from models.train import (CentreFaces, Features, LfwCentreFaces, PKSampler, SplitNetwork, TrainConfig,
+                          Trainer, View1Evaluator, _faceset, embed_features, load_folder_tree,
                           load_parquet_faces, main, network_stages)
 from models.triplet import (CenterLoss, SoftmaxCenterLoss, TripletLoss, batch_hard_triplets,
                             semi_hard_triplets, squared_distances)
@@ -315,6 +315,47 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(lfw_faces, tmp_path: Pat
     with pytest.raises(ValueError, match="lr="):
         Trainer(embedder, faces, TrainConfig(trainable="last", p=4, k=2, lr=1e-3), tmp_path,
                 torch.device("cpu")).resume(tmp_path / "a" / "last.pt")
+
+
+def _mini_view1(lfw: Path, root: Path, n: int) -> None:
+    """An LFW root with View-1 pairs files of the first n matched and n mismatched pairs."""
+    from bench.lfw_embed import read_pairs
+
+    for name in ("pairsDevTrain.txt", "pairsDevTest.txt"):
+        lines = (lfw / name).read_text().split("\n")
+        half = int(lines[0])
+        root.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("\n".join([str(n)] + lines[1:1 + n] + lines[1 + half:1 + half + n]) + "\n")
+        for a, b, _ in read_pairs(root / name, root)[0]:
+            for file in (a, b):
+                if not file.exists():
+                    file.parent.mkdir(exist_ok=True)
+                    file.symlink_to(lfw / file.relative_to(root))
+
+
+def test_view1_evaluation_matches_a_direct_computation(lfw: Path, tmp_path: Path) -> None:
+    from bench.lfw_embed import read_pairs
+    from bench.lfw_verify import best_threshold
+
+    root = tmp_path / "lfw"
+    _mini_view1(lfw, root, 10)
+    embedder = get_embedder("dlib-resnet")
+    split = SplitNetwork(load_dlib_resnet(), "last")
+    faces = LfwCentreFaces(embedder.align, cache_dir=tmp_path / "cache", progress=False)
+    result = View1Evaluator(root, split, embedder, torch.device("cpu"), faces).evaluate(split)
+
+    def distances(name: str) -> tuple[np.ndarray, np.ndarray]:
+        pairs = read_pairs(root / name, root)[0]
+        ea = embedder.embed(faces.chips([a for a, _, _ in pairs])[0])
+        eb = embedder.embed(faces.chips([b for _, b, _ in pairs])[0])
+        return np.linalg.norm(ea - eb, axis=1), np.array([same for *_, same in pairs])
+
+    d_train, s_train = distances("pairsDevTrain.txt")
+    d_test, s_test = distances("pairsDevTest.txt")
+    t = best_threshold(d_train, s_train)
+    assert result["threshold"] == pytest.approx(t, abs=1e-4)
+    assert result["devtest_accuracy"] == pytest.approx(np.mean((d_test < t) == s_test))
+    assert result["devtest_accuracy"] >= 0.9 and result["devtest_auc"] >= 0.95
 
 
 def test_flipped_features_are_the_mirrored_chips(lfw_faces) -> None:
