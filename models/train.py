@@ -340,7 +340,8 @@ def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | LfwCentr
     skipped = [str(p) for p, d in zip(paths, detected) if not d]
     names = [n for n, d in zip(names, detected) if d]
     sources = [str(p.relative_to(root)) for p, d in zip(paths, detected) if d]
-    return _faceset(chips[detected], names, sources, f"folder tree {root}", skipped)
+    chosen = "" if identities is None else f" ({len(set(names))} chosen identities)"
+    return _faceset(chips[detected], names, sources, f"folder tree {root}{chosen}", skipped)
 
 
 def load_parquet_faces(faces_dir: Path, labels_csv: Path, embedder: Embedder) -> FaceSet:
