@@ -1,49 +1,123 @@
 """Choose the dlib-resnet alignment and test-time augmentation on LFW View-1 only.
 
-Detects the centre face of every View-1 image once (cached), then embeds the faces with
-each candidate alignment and scores verification accuracy by 10-fold cross-validation over
-all 3,200 View-1 pairs (DevTrain + DevTest, each fold's threshold chosen on the other 9),
-and DevTest accuracy at the DevTrain threshold. View-2 (pairs.txt) is never looked at.
+The centre face of every View-1 image (pairsDevTrain + pairsDevTest) is detected once
+(bench/lfw_embed's cache); each candidate is then scored by 10-fold cross-validation over
+all 3,200 View-1 pairs (each fold's threshold chosen on the other 9), by DevTest accuracy
+at the DevTrain threshold and by the ROC AUC of all View-1 pairs. View-2 (pairs.txt) is
+never read. Candidates:
+
+  template         least-squares similarity from MTCNN's 5 landmarks to DLIB_TEMPLATE
+  template+flip    the same, averaged with the embedding of the mirrored chip
+  template+zoom    averaged over the template scaled 0.95x and 1.05x about its centre
+  box              FaceNet's crop: MTCNN box + 40 px margin, resized
+  dlib             dlib's own chip (HOG detector + 5-point predictor + get_face_chip_details),
+                   MTCNN's template where dlib finds no face: the alignment the network
+                   was trained with
+  dlib-regressed   the template transform corrected towards dlib's by a ridge regression
+                   (fitted on DevTrain images) from where MTCNN's landmarks land in the chip
+
+dlib (dlib-bin) is a development dependency, used here only as the reference aligner.
+Embeddings per candidate are cached under $FACEGROUP_CACHE/alignment.
 
     python bench/choose_alignment.py
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import LFW, detect_centre_faces, read_pairs  # noqa: E402
+from bench.fit_dlib_template import dlib_chip_transform, dlib_models_dir  # noqa: E402
+from bench.lfw_embed import CACHE, LFW, detect_centre_faces, read_pairs  # noqa: E402
 from bench.lfw_verify import best_threshold, fold_accuracies, pair_distances  # noqa: E402
-from models.align import AlignSpec, align_faces  # noqa: E402
-from models.embedders import DLIB_ALIGN, DLIB_TEMPLATE, get_embedder  # noqa: E402
-from models.mtcnn import Detections  # noqa: E402
+from models.align import box_transform, similarity_transform, warp_faces  # noqa: E402
+from models.embedders import DLIB_TEMPLATE, Embedder, get_embedder  # noqa: E402
 
-#: from bench/fit_dlib_template.py: per-point spread of MTCNN landmarks in dlib's chip frame
-INVERSE_VARIANCE = (1.0, 0.95, 0.10, 0.13, 0.11)
+OUT = CACHE.parent / "alignment"
+CHIP = 150
+RIDGE = 1.0
 
 
-def embed_variant(model, images: list[np.ndarray], boxes: np.ndarray, landmarks: np.ndarray,
-                  spec: AlignSpec, tta: str) -> np.ndarray:
-    """Unit embeddings (N,D) with alignment `spec` and augmentation `tta` (none|flip|scale)."""
-    chips = np.concatenate([
-        align_faces(img, Detections(boxes=b[None].astype(np.float32), scores=np.ones(1, np.float32),
-                                    landmarks=lm[None].astype(np.float32)), spec)
-        for img, b, lm in zip(images, boxes, landmarks)])
+def homogeneous(m: np.ndarray) -> np.ndarray:
+    """(N,2,3) affine matrices -> (N,3,3)."""
+    return np.concatenate([m, np.broadcast_to([0.0, 0.0, 1.0], (len(m), 1, 3))], axis=1)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """(N,2,3) transforms applying `inner` first, then `outer`."""
+    return np.einsum("nij,njk->nik", homogeneous(outer), homogeneous(inner))[:, :2]
+
+
+def about_centre(scale: float, count: int) -> np.ndarray:
+    """(count,2,3) chip-frame scaling by `scale` about the template's centre."""
+    centre = np.asarray(DLIB_TEMPLATE).mean(axis=0)
+    m = np.zeros((count, 2, 3))
+    m[:, 0, 0] = m[:, 1, 1] = scale
+    m[:, :, 2] = centre * (1 - scale)
+    return m
+
+
+def dlib_transforms(images: list[np.ndarray]) -> np.ndarray:
+    """(N,2,3) photo-to-chip transform of dlib's own chip of the centre face; NaN where
+    dlib's HOG detector finds no face."""
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(dlib_models_dir() / "shape_predictor_5_face_landmarks.dat"))
+    out = np.full((len(images), 2, 3), np.nan)
+    for k, image in enumerate(images):
+        rects = detector(image, 1)
+        if rects:
+            cx, cy = image.shape[1] / 2, image.shape[0] / 2
+            rect = min(rects, key=lambda r: np.hypot(r.center().x - cx, r.center().y - cy))
+            details = dlib.get_face_chip_details(predictor(image, rect), size=CHIP, padding=0.25)
+            out[k] = dlib_chip_transform(details)
+    return out
+
+
+def regressed_transforms(template: np.ndarray, landmarks: np.ndarray, dlib: np.ndarray,
+                         fit_rows: np.ndarray) -> np.ndarray:
+    """Template transforms (N,2,3) corrected towards dlib's: a ridge regression from the
+    residuals of the landmarks (N,5,2) in the template chip to the similarity correction
+    (scale-1, rotation, shift) that takes the template chip onto dlib's, fitted on
+    `fit_rows` (N,) bool where dlib found the face."""
+    correction = compose(dlib, np.linalg.inv(homogeneous(template))[:, :2])
+    target = np.stack([correction[:, 0, 0] - 1, correction[:, 1, 0], correction[:, 0, 2],
+                       correction[:, 1, 2]], axis=1)
+    in_chip = np.einsum("nij,npj->npi", template[:, :, :2], landmarks) + template[:, None, :, 2]
+    x = np.hstack([(in_chip - np.asarray(DLIB_TEMPLATE)).reshape(len(landmarks), -1),
+                   np.ones((len(landmarks), 1))])
+    a = x[fit_rows]
+    w = np.linalg.solve(a.T @ a + RIDGE * np.eye(a.shape[1]), a.T @ target[fit_rows])
+    p = x @ w
+    fix = np.zeros((len(p), 2, 3))
+    fix[:, 0, 0] = fix[:, 1, 1] = 1 + p[:, 0]
+    fix[:, 1, 0], fix[:, 0, 1] = p[:, 1], -p[:, 1]
+    fix[:, :, 2] = p[:, 2:]
+    return compose(fix, template)
+
+
+def embed_chips(model: Embedder, images: list[np.ndarray], transforms: np.ndarray, name: str,
+                mirror: bool = False) -> np.ndarray:
+    """Unit embeddings (N,D) of the chips cut by `transforms` (N,2,3), optionally mirrored,
+    cached per candidate name."""
+    path = OUT / f"{model.version.replace('/', '_')}-{name}{'-mirror' if mirror else ''}.npy"
+    if path.is_file():
+        return np.load(path)
+    chips = np.concatenate([warp_faces(image, t[None], CHIP) for image, t in zip(images, transforms)])
+    if mirror:
+        chips = np.ascontiguousarray(chips[:, :, ::-1])
     emb = model.embed(chips)
-    if tta == "flip":
-        emb = emb + model.embed(np.ascontiguousarray(chips[:, :, ::-1]))
-    elif tta == "scale":
-        for factor in (0.95, 1.05):
-            centre = np.asarray(spec.template).mean(0)
-            scaled = AlignSpec(spec.mode, spec.size, tuple(map(tuple, centre + (np.asarray(spec.template) - centre) * factor)),
-                               spec.weights)
-            emb = emb + embed_variant(model, images, boxes, landmarks, scaled, "none")
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb)
+    print(f"embedded {name}{' (mirrored)' if mirror else ''}", file=sys.stderr, flush=True)
+    return emb
 
 
 def main() -> None:
@@ -53,30 +127,43 @@ def main() -> None:
     same = np.array([s for *_, s in pairs])
     is_test = np.array([0] * len(train) + [1] * len(test))
     folds = np.arange(len(pairs)) % 10
+    train_images = {p for a, b, _ in train for p in (a, b)}
     paths = sorted({p for a, b, _ in pairs for p in (a, b)})
     faces = detect_centre_faces(paths, progress=True)
-    boxes = np.stack([f["box"] for f in faces])
-    landmarks = np.stack([f["landmarks"] for f in faces])
-    detected = np.array([bool(f["detected"]) for f in faces])
-    print(f"View-1 images {len(paths)}, undetected {int((~detected).sum())}")
+    landmarks = np.stack([f["landmarks"] for f in faces]).astype(np.float64)
+    boxes = np.stack([f["box"] for f in faces]).astype(np.float64)
+    print(f"View-1 images {len(paths)}, MTCNN undetected {sum(not f['detected'] for f in faces)}")
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    model = get_embedder("dlib-resnet")
-    variants = {
-        "landmarks, equal weights": (DLIB_ALIGN, "none"),
-        "landmarks, inverse-variance weights": (AlignSpec("landmarks", 150, DLIB_TEMPLATE, INVERSE_VARIANCE), "none"),
-        "landmarks, equal weights + flip": (DLIB_ALIGN, "flip"),
-        "landmarks, inverse-variance + flip": (AlignSpec("landmarks", 150, DLIB_TEMPLATE, INVERSE_VARIANCE), "flip"),
-        "landmarks, equal weights + scale jitter": (DLIB_ALIGN, "scale"),
-        "box, margin 40": (AlignSpec("box", 150, margin=40.0), "none"),
+    base = get_embedder("dlib-resnet")
+    model = Embedder(dataclasses.replace(base.config, flip=False), base.network, base.version.split("/")[0])
+
+    template = similarity_transform(landmarks, np.asarray(DLIB_TEMPLATE))
+    dlib = dlib_transforms(images)
+    found = ~np.isnan(dlib[:, 0, 0])
+    print(f"dlib HOG found the centre face in {found.sum()} of {len(paths)} images")
+    dlib = np.where(found[:, None, None], np.nan_to_num(dlib), template)
+    is_train_image = np.array([p in train_images for p in paths])
+    regressed = regressed_transforms(template, landmarks, dlib, found & is_train_image)
+
+    t = embed_chips(model, images, template, "template")
+    candidates = {
+        "template": [t],
+        "template+flip": [t, embed_chips(model, images, template, "template", mirror=True)],
+        "template+zoom": [t] + [embed_chips(model, images, compose(about_centre(s, len(paths)), template),
+                                            f"zoom{s}") for s in (0.95, 1.05)],
+        "box": [embed_chips(model, images, box_transform(boxes, CHIP, 40.0), "box40")],
+        "dlib": [embed_chips(model, images, dlib, "dlib")],
+        "dlib-regressed": [embed_chips(model, images, regressed, "dlib-regressed")],
     }
-    for name, (spec, tta) in variants.items():
-        emb = embed_variant(model, images, boxes, landmarks, spec, tta)
+    for name, views in candidates.items():
+        emb = np.sum(views, axis=0)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         dist = pair_distances(pairs, dict(zip(paths, emb)))
         cv, _ = fold_accuracies(dist, same, folds)
-        t = best_threshold(dist[is_test == 0], same[is_test == 0])
-        dev_test = np.mean((dist[is_test == 1] < t) == same[is_test == 1])
-        print(f"{name:40s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} (t={t:.3f})",
-              flush=True)
+        threshold = best_threshold(dist[is_test == 0], same[is_test == 0])
+        dev_test = np.mean((dist[is_test == 1] < threshold) == same[is_test == 1])
+        print(f"{name:16s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
+              f"(t={threshold:.3f}); AUC {roc_auc_score(same, -dist):.5f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ class EmbedderConfig:
     align: AlignSpec
     mean: tuple[float, float, float]  # subtracted per R,G,B
     scale: float  # then divided by
+    #: Test-time augmentation: embed each chip and its mirror image and average the two.
+    flip: bool = False
+
+    @property
+    def preprocessing(self) -> str:
+        """Alignment and augmentation, as recorded in the embedder version."""
+        return self.align.name + ("+flip" if self.flip else "")
 
 
 class Embedder:
@@ -50,7 +57,7 @@ class Embedder:
         self.lineage = lineage  # where fine-tuned weights came from (models.finetuned); else None
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
-        self.version = f"{weights_id}/{config.align.name}"
+        self.version = f"{weights_id}/{config.preprocessing}"
         self.batch_size = batch_size
 
     name = property(lambda self: self.config.name)
@@ -69,7 +76,10 @@ class Embedder:
             for start in range(0, len(chips), self.batch_size):
                 x = torch.from_numpy(chips[start:start + self.batch_size]).to(self.device)
                 x = (x.permute(0, 3, 1, 2).float() - mean) / self.config.scale
-                y = self.network(x)
+                if self.config.flip:  # one call on the chips and their mirrors, then average
+                    y = self.network(torch.cat([x, x.flip(3)])).view(2, len(x), -1).sum(0)
+                else:
+                    y = self.network(x)
                 out[start:start + len(x)] = torch.nn.functional.normalize(y, dim=1).cpu().numpy()
         return out
 
@@ -85,7 +95,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 CONFIGS = {c.name: c for c in (
-    EmbedderConfig("dlib-resnet", 128, DLIB_ALIGN, (122.782, 117.001, 104.298), 256.0),
+    # Mirror averaging chosen on View-1 (bench/choose_alignment.py, bench/RESULTS.md).
+    EmbedderConfig("dlib-resnet", 128, DLIB_ALIGN, (122.782, 117.001, 104.298), 256.0, flip=True),
     EmbedderConfig("facenet", 512, FACENET_ALIGN, (127.5, 127.5, 127.5), 128.0),
 )}
 
