@@ -210,6 +210,22 @@ def finalise(output: str, run_id: str) -> list[UserStats]:
     return users
 
 
+def in_process_runner(options: PipelineOptions) -> str:
+    """The runner name to report; a DirectRunner run is sent straight to Beam's FnApiRunner.
+
+    Beam's DirectRunner first tries to start a Prism job server (it downloads a binary
+    and leaves temporary folders and ~/.apache_beam behind, even when that fails) and
+    then falls back to FnApiRunner, the engine every local run here ends up on. Going
+    there directly keeps every file a run writes under --output; FnApiRunner reads the
+    same --direct_num_workers and --direct_running_mode.
+    """
+    standard = options.view_as(StandardOptions)
+    requested = str(standard.runner or "DirectRunner").rsplit(".", 1)[-1]
+    if requested == "DirectRunner":
+        standard.runner = "FnApiRunner"
+    return requested
+
+
 def run(argv: list[str] | None = None) -> RunSummary:
     """Run the pipeline with command-line `argv`; returns the checked summary.
 
@@ -217,6 +233,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     pipeline fails or a listed photo is missing from the outputs (no _SUCCESS then).
     """
     options = PipelineOptions(argv)
+    runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
     listing = list_photos(opts.input)
@@ -237,8 +254,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     if state != PipelineState.DONE:
         raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")
     users = finalise(opts.output, run_id)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    summary = RunSummary(run_id, str(runner).rsplit(".", 1)[-1], opts.output, len(listing.photos), wall,
+    summary = RunSummary(run_id, runner, opts.output, len(listing.photos), wall,
                          asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result),
                          previous=previous)
     summary.check()
