@@ -75,6 +75,14 @@ class ReusePlan:
     def reusable(self) -> int:
         return sum(1 for ref in self.listing.photos if ref.reuse_sha256)
 
+    def batches(self, size: int) -> list[tuple[PhotoRef, ...]]:
+        """Photo batches, reusable photos apart from the others (listing order within
+        each): the photos that need inference fill whole batches, instead of one new
+        photo per batch paying a detection and embedding call of its own."""
+        reusable = [ref for ref in self.listing.photos if ref.reuse_sha256]
+        others = [ref for ref in self.listing.photos if not ref.reuse_sha256]
+        return Listing(reusable, []).batches(size) + Listing(others, []).batches(size)
+
 
 def resolve_previous(option: str | None, output: str) -> str | None:
     """The previous output to reuse: --previous as given (it must hold a photos/ table),

@@ -3,7 +3,8 @@
     python -m pipeline --input LIBRARY --output OUT [--runner ...] [any Beam flag]
 
 The launcher lists the library (sorted), marks the photos whose results the previous
-run already has (pipeline.reuse) and cuts the list into batches of --batch_size photos.
+run already has (pipeline.reuse) and cuts the list into batches of --batch_size photos
+(marked and unmarked photos in separate batches).
 Graph: Create(batches) -> LoadPhotos (read with SHA-256, decode unless reused; lists
 bounded by pixel weight) -> RunInference (detect, align, embed; model once per worker
 process) -> key by user -> GroupByKey -> write the user's four tables. In an incremental
@@ -68,7 +69,7 @@ def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, previous: s
     handler = FaceModelHandler(settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size,
                                opts.min_det_score)
     outcomes = (p
-                | "PhotoBatches" >> beam.Create(plan.listing.batches(opts.batch_size))
+                | "PhotoBatches" >> beam.Create(plan.batches(opts.batch_size))
                 | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels,
                                                         opts.max_detect_side, opts.batch_size))
                 | "DetectAlignEmbed" >> RunInference(handler.with_no_batching())

@@ -218,7 +218,8 @@ def test_previous_none_processes_everything_with_the_same_results(runs):
         reused = {f["face_key"]: f for f in runs["snap2"]["faces", user]}
         assert again.keys() == reused.keys()
         for key, face in reused.items():
-            assert np.allclose(face["embedding"], again[key]["embedding"], atol=1e-5)
+            # float noise only (batches differ); faces of one person are ~0.3 apart
+            assert np.linalg.norm(np.subtract(face["embedding"], again[key]["embedding"])) < 1e-4
             assert np.allclose(face["box"], again[key]["box"], atol=1e-3)
 
 
