@@ -58,10 +58,11 @@ class NpzCache:
         self.path = path
         self.entries: dict[str, dict[str, np.ndarray]] = {}
         if path.is_file():
-            data = np.load(path)
-            fields = [f for f in data.files if f != "keys"]
-            for i, key in enumerate(data["keys"]):
-                self.entries[str(key)] = {f: data[f][i] for f in fields}
+            with np.load(path) as data:  # each data[f] decompresses the whole array again: once per field
+                arrays = {f: data[f] for f in data.files if f != "keys"}
+                keys = data["keys"]
+            for i, key in enumerate(keys):
+                self.entries[str(key)] = {f: a[i] for f, a in arrays.items()}
 
     def save(self) -> None:
         """Write to a temp file then rename, so an interrupted run never corrupts the cache."""

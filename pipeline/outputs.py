@@ -206,12 +206,13 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: Infere
     `previous`, whose person ids the clusters keep."""
     outcomes = list(outcomes)
     unique = unique_outcomes(outcomes)
-    ordered = [previous.resolve(o) for o in unique] if previous else unique
+    previous = previous or PreviousResults(user_id, {}, PreviousPeople())
+    ordered = [previous.resolve(o) for o in unique]
     faces = faces_table(user_id, ordered, settings.embedder)
     recorded = {schemas.SETTINGS_KEY: settings.to_json().encode()}
     tables = {"photos": photos_table(user_id, ordered).replace_schema_metadata(recorded),
               "faces": faces.replace_schema_metadata(recorded),
-              "clusters": clusters_table(faces, method, previous.people if previous else None),
+              "clusters": clusters_table(faces, method, previous.people),
               "failures": failures_table(user_id, ordered)}
     statuses = Counter(o.status for o in ordered)
     person = tables["clusters"].column("person_id").to_numpy()

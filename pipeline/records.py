@@ -160,7 +160,8 @@ class PreviousResults:
 
     def resolve(self, outcome: PhotoOutcome) -> PhotoOutcome:
         """`outcome` itself, or for a REUSED one the previous result under its path (a
-        failed read when that result is missing: the previous tables changed under the run)."""
+        failed read when that result is missing, which only happens when the previous
+        tables changed during the run)."""
         if outcome.status != REUSED:
             return outcome
         found = self.results.get(outcome.sha256 or "")
