@@ -58,9 +58,9 @@ class NpzCache:
         self.path = path
         self.entries: dict[str, dict[str, np.ndarray]] = {}
         if path.is_file():
-            with np.load(path) as data:  # each data[f] decompresses the whole array again: once per field
-                arrays = {f: data[f] for f in data.files if f != "keys"}
-                keys = data["keys"]
+            with np.load(path) as data:  # each data[f] reads the whole array: read each once
+                arrays = {f: data[f] for f in data.files}
+            keys = arrays.pop("keys")
             for i, key in enumerate(keys):
                 self.entries[str(key)] = {f: a[i] for f, a in arrays.items()}
 
@@ -142,6 +142,8 @@ def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", ca
             cache.entries[key] = {"embedding": emb}
         if progress:
             print(f"\rembedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
+        if (start // batch_size) % 20 == 19:
+            cache.save()
     cache.save()
     if progress and todo:
         print(file=sys.stderr)

@@ -44,8 +44,10 @@ class Embedder:
     """
 
     def __init__(self, config: EmbedderConfig, network: nn.Module, weights_id: str,
-                 device: str | torch.device = "cpu", batch_size: int = 64) -> None:
+                 device: str | torch.device = "cpu", batch_size: int = 64,
+                 lineage: dict | None = None) -> None:
         self.config = config
+        self.lineage = lineage  # where fine-tuned weights came from (models.finetuned); else None
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.version = f"{weights_id}/{config.align.name}"
@@ -82,21 +84,43 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+CONFIGS = {c.name: c for c in (
+    EmbedderConfig("dlib-resnet", 128, DLIB_ALIGN, (122.782, 117.001, 104.298), 256.0),
+    EmbedderConfig("facenet", 512, FACENET_ALIGN, (127.5, 127.5, 127.5), 128.0),
+)}
+
+
 def _dlib_resnet(device: str | torch.device, weights: str | None) -> Embedder:
     from models import weights as registry
     from models.dlib_resnet import load_dlib_resnet
 
     path = registry.resolve("dlib-resnet", weights)
-    config = EmbedderConfig("dlib-resnet", 128, DLIB_ALIGN, (122.782, 117.001, 104.298), 256.0)
-    return Embedder(config, load_dlib_resnet(path), f"dlib-v1-{registry.file_sha256(path)[:12]}", device)
+    return Embedder(CONFIGS["dlib-resnet"], load_dlib_resnet(path),
+                    f"dlib-v1-{registry.file_sha256(path)[:12]}", device)
 
 
 def _facenet(device: str | torch.device, weights: str | None) -> Embedder:
     from models.inception_resnet_v1 import load_facenet
 
     network, weights_id = load_facenet(weights=weights)
-    config = EmbedderConfig("facenet", 512, FACENET_ALIGN, (127.5, 127.5, 127.5), 128.0)
-    return Embedder(config, network, weights_id, device)
+    return Embedder(CONFIGS["facenet"], network, weights_id, device)
+
+
+def _finetuned(name: str, device: str | torch.device, path: str) -> Embedder:
+    """A checkpoint of models.train: the base embedder's preprocessing with the checkpoint's
+    network; the version names the checkpoint file's digest, the lineage its origin."""
+    from models.finetuned import load_finetuned
+    from models.weights import file_sha256
+
+    network, lineage = load_finetuned(path)
+    config = CONFIGS[name]
+    if lineage["base_model"] != name:
+        raise ValueError(f"{path} was fine-tuned from {lineage['base_model']}, not {name}; "
+                         f"use --embedder {lineage['base_model']}")
+    if lineage["align"] != config.align.name:
+        raise ValueError(f"{path} was trained on chips aligned as {lineage['align']}, but {name} "
+                         f"now aligns as {config.align.name}; fine-tune it again")
+    return Embedder(config, network, f"ft-{file_sha256(path)[:12]}", device, lineage=lineage)
 
 
 EMBEDDERS: dict[str, Callable[[str | torch.device, str | None], Embedder]] = {
@@ -108,7 +132,12 @@ DEFAULT_EMBEDDER = "dlib-resnet"
 
 def get_embedder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu",
                  weights: str | None = None) -> Embedder:
-    """The embedder `name` on `device`, with weights from `weights` or its default source."""
+    """The embedder `name` on `device`, with weights from `weights` (a weights file of the
+    network, or a checkpoint that models.train fine-tuned from it) or its default source."""
+    from models.finetuned import is_finetuned
+
     if name not in EMBEDDERS:
         raise ValueError(f"unknown embedder {name!r}; choose one of {', '.join(EMBEDDERS)}")
+    if weights is not None and is_finetuned(weights):
+        return _finetuned(name, device, weights)
     return EMBEDDERS[name](device, weights)

@@ -1,4 +1,4 @@
-"""Fine-tune a face embedder on labelled faces (FaceNet-style), and load the result.
+"""Fine-tune a face embedder on labelled faces (FaceNet-style).
 
     python -m models.train --data PEOPLE_DIR --out runs/ft1            # folder per identity
     python -m models.train --faces OUT/faces --labels labels.csv --out runs/ft2
@@ -15,8 +15,9 @@ the final linear layer): the frozen part runs once over every face and its outpu
 which makes CPU training feasible; --trainable all trains every layer from the chips.
 After each epoch the model is evaluated on LFW View-1 (threshold chosen on pairsDevTrain,
 accuracy on pairsDevTest) and a checkpoint is written (<out>/last.pt); the checkpoint is also
-a weights file for the pipeline (`get_embedder("dlib-resnet", weights="last.pt")`, see
-load_finetuned) and carries its lineage (base weights, data, objective, steps, date).
+a weights file for the pipeline (`python -m pipeline --embedder dlib-resnet --embedder_weights
+runs/ft1/last.pt ...`, see models.finetuned) and carries its lineage (base weights, data,
+objective, steps, date), which the pipeline writes into the faces/ Parquet metadata.
 """
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ import io
 import os
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,9 +42,9 @@ from tqdm import tqdm
 
 from models.align import AlignSpec, align_faces
 from models.embedders import Embedder, get_embedder, resolve_device
+from models.finetuned import read_checkpoint, save_checkpoint
 from models.triplet import MINING, LossOutput, SoftmaxCenterLoss, TripletLoss
 
-CHECKPOINT_FORMAT = "facegroup-finetuned-embedder/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 OBJECTIVES = ("triplet", "center")
 OPTIMIZERS = ("adam", "adagrad")
@@ -227,12 +227,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 class CentreFaces:
     """Aligned chips of the face nearest each photo's centre (the labelled face of a
-    folder-per-identity photo, or of an LFW image), detected once per path and kept.
+    folder-per-identity photo), detected by MTCNN once per path and kept.
 
-    chips(paths, guess_undetected) -> (chips (N,S,S,3) uint8, detected (N,) bool). Photos where
-    MTCNN finds no face get an all-zero chip, or with `guess_undetected` a chip cut at the mean
-    (image-size relative) landmarks of every face detected so far, as LFW's centred crops
-    allow (bench/lfw_embed's convention).
+    chips(paths) -> (chips (N,S,S,3) uint8, detected (N,) bool); photos where MTCNN finds no
+    face get an all-zero chip.
     """
 
     def __init__(self, align: AlignSpec, detector=None, batch_size: int = 16,
@@ -242,9 +240,8 @@ class CentreFaces:
         self.align, self.detector = align, detector or MTCNN()
         self.batch_size, self.progress = batch_size, progress
         self.found: dict[Path, np.ndarray | None] = {}  # path -> aligned chip, None if no face
-        self.rel_landmarks: list[np.ndarray] = []  # (5,2) landmarks / (width, height)
 
-    def chips(self, paths: Sequence[Path], guess_undetected: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
         from models.mtcnn import Detections, centre_face
 
         todo = sorted({p for p in paths if p not in self.found})
@@ -254,31 +251,43 @@ class CentreFaces:
             images = [read_rgb(p) for p in batch]
             for path, image, det in zip(batch, images, self.detector.detect(images)):
                 i = centre_face(det, image.shape[1], image.shape[0])
-                if i is None:
-                    self.found[path] = None
-                    continue
-                self.found[path] = align_faces(image, Detections(
+                self.found[path] = None if i is None else align_faces(image, Detections(
                     boxes=det.boxes[i:i + 1], scores=det.scores[i:i + 1],
                     landmarks=det.landmarks[i:i + 1]), self.align)[0]
-                self.rel_landmarks.append(det.landmarks[i] / np.array(image.shape[1::-1]))
         size = self.align.size
         chips = np.zeros((len(paths), size, size, 3), np.uint8)
         detected = np.array([self.found[p] is not None for p in paths], bool)
         for k, path in enumerate(paths):
             if detected[k]:
                 chips[k] = self.found[path]
-            elif guess_undetected and self.rel_landmarks:
-                chips[k] = self._guess(read_rgb(path))
         return chips, detected
 
-    def _guess(self, image: np.ndarray) -> np.ndarray:
-        """Chip at the mean relative landmarks of the detected faces, scaled to this image."""
+
+class LfwCentreFaces:
+    """CentreFaces for LFW images from bench/lfw_embed's detection cache (shared with the
+    verification benches; MTCNN runs only for images not in it). Undetected images are cut
+    at the mean relative landmarks of the detected ones, as LFW's centred crops allow
+    (lfw_embed's convention), and flagged in `detected`.
+
+    chips(paths) -> (chips (N,S,S,3) uint8, detected (N,) bool).
+    """
+
+    def __init__(self, align: AlignSpec, cache_dir: Path | None = None, progress: bool = True) -> None:
+        # The LFW detection cache lives with the verification bench; see view1_pairs.
+        from bench.lfw_embed import CACHE
+
+        self.align, self.cache_dir, self.progress = align, cache_dir or CACHE, progress
+
+    def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+        from bench.lfw_embed import detect_centre_faces
         from models.mtcnn import Detections
 
-        lm = (np.mean(self.rel_landmarks, axis=0) * np.array(image.shape[1::-1]))[None].astype(np.float32)
-        box = np.concatenate([lm[0].min(0), lm[0].max(0)])[None]
-        return align_faces(image, Detections(boxes=box, scores=np.ones(1, np.float32),
-                                             landmarks=lm), self.align)[0]
+        found = detect_centre_faces(list(paths), self.cache_dir, progress=self.progress)
+        chips = np.stack([align_faces(read_rgb(p), Detections(
+            boxes=f["box"][None], scores=np.ones(1, np.float32), landmarks=f["landmarks"][None]),
+            self.align)[0] for p, f in tqdm(list(zip(paths, found)), desc="align", leave=False,
+                                            disable=not self.progress)])
+        return chips, np.array([bool(f["detected"]) for f in found])
 
 
 def _labelled_files(root: Path) -> tuple[list[Path], list[str]]:
@@ -305,7 +314,7 @@ def _faceset(chips: np.ndarray, names: Sequence[str], sources: Sequence[str], de
                    list(sources), description, skipped)
 
 
-def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | None = None,
+def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | LfwCentreFaces | None = None,
                      identities: Iterable[str] | None = None) -> FaceSet:
     """Faces of `root`/<identity>/<image>: the centre face of each photo detected and aligned
     by `faces` (photos with no face are skipped), or, when `faces` is None, already aligned
@@ -331,7 +340,8 @@ def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | None = N
     skipped = [str(p) for p, d in zip(paths, detected) if not d]
     names = [n for n, d in zip(names, detected) if d]
     sources = [str(p.relative_to(root)) for p, d in zip(paths, detected) if d]
-    return _faceset(chips[detected], names, sources, f"folder tree {root}", skipped)
+    chosen = "" if identities is None else f" ({len(set(names))} chosen identities)"
+    return _faceset(chips[detected], names, sources, f"folder tree {root}{chosen}", skipped)
 
 
 def load_parquet_faces(faces_dir: Path, labels_csv: Path, embedder: Embedder) -> FaceSet:
@@ -446,19 +456,19 @@ def view1_pairs(lfw: Path) -> tuple[list[tuple[Path, Path, bool]], list[tuple[Pa
 class View1Evaluator:
     """LFW View-1 verification: threshold chosen on pairsDevTrain, accuracy on pairsDevTest.
 
-    The pair images' chips (centre face; undetected images from mean landmarks, as in
-    bench/lfw_verify) are aligned by `faces` and, through the frozen trunk, featurised once.
+    The pair images' chips (LfwCentreFaces unless `faces` is given: the detections of
+    bench/lfw_verify) are featurised once through the frozen trunk.
     evaluate(split) -> {"devtest_accuracy", "threshold", "devtrain_accuracy", "devtest_auc"}:
     the accuracies at the DevTrain threshold, and DevTest's threshold-free ROC AUC;
     `devtest_correct` (M,) bool then holds each DevTest pair's outcome, for paired comparisons.
     """
 
     def __init__(self, lfw: Path, split: SplitNetwork, embedder: Embedder, device: torch.device,
-                 faces: CentreFaces) -> None:
+                 faces: LfwCentreFaces | None = None) -> None:
         self.train_pairs, self.test_pairs = view1_pairs(lfw)
         paths = sorted({p for a, b, _ in self.train_pairs + self.test_pairs for p in (a, b)})
         self.index = {p: i for i, p in enumerate(paths)}
-        chips, detected = faces.chips(paths, guess_undetected=True)
+        chips, detected = (faces or LfwCentreFaces(embedder.align)).chips(paths)
         self.undetected = int((~detected).sum())
         self.features = Features(chips, split, embedder, device, desc="LFW View-1 features")
 
@@ -480,58 +490,6 @@ class View1Evaluator:
         return {"devtest_accuracy": float(self.devtest_correct.mean()), "threshold": t,
                 "devtrain_accuracy": float(np.mean((d_train < t) == s_train)),
                 "devtest_auc": float(roc_auc_score(s_test, -d_test))}
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, split: SplitNetwork, lineage: dict, train_state: dict) -> None:
-    """Write atomically: {"format", "state_dict" (the whole network, base key names),
-    "lineage", "train_state" (optimizer, objective, position; for --resume only)}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": split.network.state_dict(),
-                "lineage": lineage, "train_state": train_state}, tmp)
-    tmp.replace(path)
-
-
-def _read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"fine-tuned checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a fine-tuned checkpoint (not a torch.save archive)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    return ckpt
-
-
-def base_network(name: str) -> nn.Module:
-    """An untrained network of the embedder `name`'s architecture."""
-    from models.dlib_resnet import DlibResNet
-    from models.inception_resnet_v1 import InceptionResnetV1
-
-    builders: dict[str, Callable[[], nn.Module]] = {"dlib-resnet": DlibResNet, "facenet": InceptionResnetV1}
-    if name not in builders:
-        raise ValueError(f"checkpoint base model {name!r} is not one of {', '.join(builders)}")
-    return builders[name]()
-
-
-def load_finetuned(path: str | Path) -> tuple[nn.Module, dict]:
-    """(network in eval mode, lineage dict) of a checkpoint written by models.train.
-
-    lineage: base_model, base_weights (file digest), align, data {description, identities,
-    faces, sha256}, objective, trainable, optimizer, steps, epochs, date, torch, evaluation.
-    Raises FileNotFoundError / ValueError naming the file.
-    """
-    ckpt = _read_checkpoint(path)
-    lineage = ckpt["lineage"]
-    network = base_network(lineage["base_model"])
-    try:
-        network.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not fit {lineage['base_model']}: {str(err).splitlines()[0]}") from None
-    return network.eval(), lineage
 
 
 # --------------------------------------------------------------------------- training
@@ -641,12 +599,12 @@ class Trainer:
                  "epoch": self.epoch, "batch": self.batch, "step": self.step,
                  "config": vars(self.config), "history": self.history,
                  "data_sha256": self.faces.digest()}
-        save_checkpoint(path, self.split, self.lineage(), state)
+        save_checkpoint(path, self.split.network, self.lineage(), state)
         return path
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint of the same configuration and data."""
-        ckpt = _read_checkpoint(path)
+        ckpt = read_checkpoint(path)
         state = ckpt["train_state"]
         for key, value in vars(self.config).items():
             if state["config"].get(key) != value:
@@ -762,15 +720,17 @@ def main(argv: list[str] | None = None) -> int:
         embedder = get_embedder(args.embedder, device, args.weights)
         split = SplitNetwork(embedder.network, args.trainable)
         lfw = None if args.lfw == "none" else Path(args.lfw) if args.lfw else LFW if LFW.is_dir() else None
-        aligner = None
-        if (args.data is not None and not args.aligned) or lfw is not None:
+        if args.data is None:
+            faces = load_parquet_faces(args.faces, args.labels, embedder)
+        elif args.aligned:
+            faces = load_folder_tree(args.data, embedder.align)
+        else:
             from models.mtcnn import MTCNN
-            aligner = CentreFaces(embedder.align, MTCNN(min_face_size=args.min_face, device=device))
-        faces = (load_folder_tree(args.data, embedder.align, None if args.aligned else aligner)
-                 if args.data is not None else load_parquet_faces(args.faces, args.labels, embedder))
+            faces = load_folder_tree(args.data, embedder.align, CentreFaces(
+                embedder.align, MTCNN(min_face_size=args.min_face, device=device)))
         print(f"{len(faces.labels)} faces of {len(faces.identities)} identities "
               f"({len(faces.skipped)} inputs without a face skipped)", file=sys.stderr)
-        evaluator = View1Evaluator(lfw, split, embedder, device, aligner) if lfw else None
+        evaluator = View1Evaluator(lfw, split, embedder, device) if lfw else None
         if evaluator is None:
             print("no LFW View-1 evaluation (--lfw none, or LFW not found)", file=sys.stderr)
         else:

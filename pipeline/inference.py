@@ -26,11 +26,13 @@ THUMBNAIL_QUALITY = 85
 
 @dataclass(frozen=True)
 class EmbedderInfo:
-    """What the outputs record about the embedder: name, version and dimension."""
+    """What the outputs record about the embedder: name, version and dimension, and the
+    lineage of fine-tuned weights (models.finetuned; None for published weights)."""
 
     name: str
     version: str
     dim: int
+    lineage: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def describe_embedder(name: str, weights: str | None) -> EmbedderInfo:
     from models.embedders import get_embedder
 
     embedder = get_embedder(name, "cpu", weights)
-    return EmbedderInfo(embedder.name, embedder.version, embedder.dim)
+    return EmbedderInfo(embedder.name, embedder.version, embedder.dim, embedder.lineage)
 
 
 class FaceModels:

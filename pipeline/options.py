@@ -53,7 +53,9 @@ class FaceGroupOptions(PipelineOptions):
             help=f"face embedding network (default {DEFAULT_EMBEDDER}).")
         parser.add_argument(
             "--embedder_weights", default=None,
-            help="weights file of the embedder; default: its package resource (python -m models.weights).")
+            help="weights file of the embedder, or a checkpoint fine-tuned from it (python -m models.train; "
+                 "its lineage is recorded in the faces/ Parquet metadata); default: its package resource "
+                 "(python -m models.weights).")
         parser.add_argument(
             "--min_face_size", type=int, default=20,
             help="smallest face MTCNN looks for, in detection-image pixels (default 20).")

@@ -165,7 +165,7 @@ def faces_table(user_id: str, outcomes: Sequence[PhotoOutcome], embedder: Embedd
         pa.array([embedder.version] * n, pa.string()),
         _fixed_list(np.array([f.embedding for f in faces]).reshape(n, dim), dim),
         pa.array([f.thumbnail for f in faces], pa.binary()),
-    ], schema=schemas.faces_schema(dim))
+    ], schema=schemas.faces_schema(dim, embedder.lineage))
 
 
 def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None = None) -> pa.Table:

@@ -5,6 +5,8 @@ keeping the schemas here makes readers (report, search, tests) and writers agree
 """
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 #: Outcome of one input photo: every photo read has exactly one row here.
@@ -24,9 +26,15 @@ PHOTOS = pa.schema([
 ])
 
 
-def faces_schema(dim: int) -> pa.Schema:
-    """Schema of `faces/` for embeddings of `dim` components."""
-    return pa.schema([
+#: Schema-metadata key of faces/ under which a fine-tuned embedder's lineage is stored (JSON).
+LINEAGE_KEY = b"facegroup.embedder_lineage"
+
+
+def faces_schema(dim: int, lineage: dict | None = None) -> pa.Schema:
+    """Schema of `faces/` for embeddings of `dim` components; the lineage of fine-tuned
+    embedder weights (base model, data, steps: models.finetuned), when given, becomes
+    schema metadata (LINEAGE_KEY, JSON), read back by `embedder_lineage`."""
+    schema = pa.schema([
         pa.field("user_id", pa.string(), nullable=False),
         pa.field("photo_path", pa.string(), nullable=False),
         pa.field("photo_sha256", pa.string(), nullable=False),
@@ -40,6 +48,13 @@ def faces_schema(dim: int) -> pa.Schema:
         pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
         pa.field("thumbnail", pa.binary()),
     ])
+    return schema.with_metadata({LINEAGE_KEY: json.dumps(lineage, sort_keys=True)}) if lineage else schema
+
+
+def embedder_lineage(schema: pa.Schema) -> dict | None:
+    """The fine-tuned embedder lineage recorded in a faces/ schema, or None."""
+    text = (schema.metadata or {}).get(LINEAGE_KEY)
+    return json.loads(text) if text else None
 
 
 CLUSTERS = pa.schema([
