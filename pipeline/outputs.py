@@ -211,7 +211,7 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: Infere
     faces = faces_table(user_id, ordered, settings.embedder)
     recorded = {schemas.SETTINGS_KEY: settings.to_json().encode()}
     tables = {"photos": photos_table(user_id, ordered).replace_schema_metadata(recorded),
-              "faces": faces.replace_schema_metadata(recorded),
+              "faces": faces.replace_schema_metadata({**(faces.schema.metadata or {}), **recorded}),
               "clusters": clusters_table(faces, method, previous.people),
               "failures": failures_table(user_id, ordered)}
     statuses = Counter(o.status for o in ordered)

@@ -66,10 +66,12 @@ class PreviousPart:
 
 @dataclass
 class ReusePlan:
-    """The listing with its reusable photos marked, and the users to read back."""
+    """The listing with its reusable photos marked, and the users to read back from
+    the previous output (None: no previous run)."""
 
     listing: Listing
     parts: list[PreviousPart]
+    previous: str | None = None
 
     @property
     def reusable(self) -> int:
@@ -166,7 +168,7 @@ def plan_reuse(previous: str | None, listing: Listing, settings: InferenceSettin
             logging.warning("previous tables of user %r unreadable (%s): processing its photos again", user_id, exc)
         photos.extend(replace(ref, reuse_sha256=reusable[ref.photo_path]) if ref.photo_path in reusable else ref
                       for ref in refs)
-    return ReusePlan(Listing(photos, listing.skipped), parts)
+    return ReusePlan(Listing(photos, listing.skipped), parts, previous)
 
 
 def _rows(table: pa.Table | None, sha256s: set[str]) -> list[dict]:

@@ -63,7 +63,7 @@ def inference_settings(opts: FaceGroupOptions, embedder: EmbedderInfo) -> Infere
     return InferenceSettings(embedder, opts.min_face_size, opts.min_det_score, opts.max_detect_side)
 
 
-def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, previous: str | None, run_id: str,
+def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, run_id: str,
           settings: InferenceSettings) -> None:
     """Add the whole pipeline to `p` (options validated, library listed, reuse planned)."""
     handler = FaceModelHandler(settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size,
@@ -77,7 +77,7 @@ def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, previous: s
     if plan.parts:
         previous_results = (p
                             | "PreviousUsers" >> beam.Create(plan.parts)
-                            | "ReadPrevious" >> beam.ParDo(ReadPrevious(previous)))
+                            | "ReadPrevious" >> beam.ParDo(ReadPrevious(plan.previous)))
         outcomes = (outcomes, previous_results) | "WithPrevious" >> beam.Flatten()
     _ = (outcomes
          | "GroupByUser" >> beam.GroupByKey()
@@ -247,7 +247,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     if FileSystems.exists(success):
         FileSystems.delete([success])
     p = beam.Pipeline(options=options)
-    build(p, opts, plan, previous, run_id, settings)
+    build(p, opts, plan, run_id, settings)
     start = time.perf_counter()
     result = p.run()
     state = result.wait_until_finish()

@@ -266,6 +266,15 @@ def test_only_complete_results_of_the_same_settings_are_reused(tmp_path):
     assert _marks(previous, SETTINGS) == {"u/a.jpg": None, "u/b.jpg": "sb", "u/c.jpg": None, "u/new.jpg": None}
 
 
+def test_settings_are_recorded_beside_the_embedder_lineage(tmp_path):
+    lineage = {"base": "dlib-resnet", "steps": 10}
+    tuned = InferenceSettings(EmbedderInfo("dlib-resnet", "v1+ft", 4, lineage), 20, 0.9, 1600)
+    list(WriteUserTables(str(tmp_path), "r", tuned, "agglomerative").process((1, [_outcome("u/a.jpg", "sa", 1)])))
+    schema = pq.read_schema(tmp_path / "faces" / "user_id=u" / "part-0.parquet")
+    assert schemas.embedder_lineage(schema) == lineage
+    assert schema.metadata[schemas.SETTINGS_KEY] == tuned.to_json().encode()
+
+
 def test_a_reused_photo_is_read_and_hashed_but_never_decoded(lfw, tmp_path):
     photo = tmp_path / "p.jpg"
     photo.write_bytes(lfw_image(lfw, "Tony_Blair", 1).read_bytes())
