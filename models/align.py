@@ -107,41 +107,46 @@ def warp_faces(image: np.ndarray, transforms: np.ndarray, size: int) -> np.ndarr
     """Cut size x size chips out of one photo, one per transform, bilinearly.
 
     image: (H,W,3) uint8; transforms: (n,2,3) photo-to-chip. Faces that shrink by 2x or
-    more are sampled from an average-pooled copy of the photo to avoid aliasing; faces
-    needing the same pooling factor are warped in one grid_sample call.
-    Returns (n,size,size,3) uint8; areas outside the photo are black.
+    more are sampled from an average-pooled copy of the photo to avoid aliasing. Only
+    the part of the photo a chip samples (plus one pixel) is converted to float and
+    pooled, so memory stays proportional to the face, not to the photo: a 100-megapixel
+    photo would need 1.2 GB as float32. Returns (n,size,size,3) uint8; areas outside the
+    photo are black.
     """
     n = len(transforms)
     out = np.zeros((n, size, size, 3), dtype=np.uint8)
-    if n == 0:
-        return out
-    photo = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
+    height, width = image.shape[:2]
     scale = np.sqrt(np.abs(np.linalg.det(transforms[:, :, :2])))  # chip px per photo px
     factors = np.maximum(1, np.floor(1.0 / np.maximum(scale, 1e-6))).astype(int)
-    for factor in np.unique(factors):
-        idx = np.flatnonzero(factors == factor)
-        src = F.avg_pool2d(photo, int(factor), ceil_mode=True) if factor > 1 else photo
-        height, width = src.shape[-2:]
-        grid = _sampling_grid(transforms[idx], size, float(factor), width, height)
-        chips = F.grid_sample(src, grid.reshape(1, len(idx) * size, size, 2), mode="bilinear",
-                              padding_mode="zeros", align_corners=False)
-        chips = chips.reshape(3, len(idx), size, size).permute(1, 2, 3, 0)
-        out[idx] = chips.round().clamp(0, 255).to(torch.uint8).numpy()
+    for i, factor in enumerate(factors.tolist()):
+        xy = _chip_pixel_centres(transforms[i], size) / factor  # in pooled-photo pixels
+        pooled = np.array([-(-width // factor), -(-height // factor)])  # ceil: partial blocks kept
+        lo = np.clip(np.floor(xy.min(axis=(0, 1))).astype(int) - 1, 0, pooled)
+        hi = np.clip(np.ceil(xy.max(axis=(0, 1))).astype(int) + 2, 0, pooled)
+        if (hi <= lo).any():
+            continue  # the chip lies wholly outside the photo
+        # Blocks start at multiples of factor, so pooling the crop gives exactly the
+        # pooled photo's pixels lo..hi; samples beyond the crop are beyond the photo.
+        crop = image[lo[1] * factor:min(hi[1] * factor, height), lo[0] * factor:min(hi[0] * factor, width)]
+        src = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+        if factor > 1:
+            src = F.avg_pool2d(src, factor, ceil_mode=True)
+        # pixel centre k sits at normalised ((k + 0.5) / dim) * 2 - 1 with align_corners=False
+        grid = (xy - lo + 0.5) / (hi - lo) * 2 - 1
+        chip = F.grid_sample(src, torch.from_numpy(grid.astype(np.float32))[None], mode="bilinear",
+                             padding_mode="zeros", align_corners=False)
+        out[i] = chip[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 
-def _sampling_grid(transforms: np.ndarray, size: int, factor: float,
-                   width: int, height: int) -> torch.Tensor:
-    """grid_sample coordinates (n,size,size,2) of each chip pixel centre in the photo."""
-    inv = np.linalg.inv(np.concatenate(
-        [transforms, np.broadcast_to([0.0, 0.0, 1.0], (len(transforms), 1, 3))], axis=1))[:, :2]
+def _chip_pixel_centres(transform: np.ndarray, size: int) -> np.ndarray:
+    """Photo coordinates (size,size,2) x,y of each chip pixel centre, for one (2,3)
+    photo-to-chip transform."""
+    inv = np.linalg.inv(np.vstack([transform, [0.0, 0.0, 1.0]]))[:2]
     coords = np.arange(size, dtype=np.float64)
     u, v = np.meshgrid(coords, coords)
     chip = np.stack([u, v, np.ones_like(u)], -1)  # (S,S,3) chip pixel centres
-    photo_xy = np.einsum("nij,abj->nabi", inv, chip) / factor  # pooled-photo pixel coords
-    # pixel centre k sits at normalised ((k + 0.5) / dim) * 2 - 1 with align_corners=False
-    norm = (photo_xy + 0.5) / np.array([width, height]) * 2 - 1
-    return torch.from_numpy(norm.astype(np.float32))
+    return np.einsum("ij,abj->abi", inv, chip)
 
 
 def align_faces(image: np.ndarray, faces: HasFaces, spec: AlignSpec) -> np.ndarray:

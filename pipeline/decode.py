@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.inputs import read_photo
-from pipeline.records import DecodedPhoto, PhotoOutcome, PhotoRef, describe_error, failed_outcome
+from pipeline.records import REUSED, DecodedPhoto, PhotoOutcome, PhotoRef, describe_error, failed_outcome
 
 try:
     import pillow_heif
@@ -33,6 +33,7 @@ Image.MAX_IMAGE_PIXELS = None  # replaced by decode_photo's max_pixels check
 #: Batch weight unit: a photo weighs 1 per started 4 megapixels, so a batch holds
 #: --batch_size small photos but only a few large ones (bounded memory).
 WEIGHT_PIXELS = 4_000_000
+STRIP_ROWS = 256
 PREVIEW_SIDE = 512
 PREVIEW_QUALITY = 85
 #: ISO BMFF brands of HEIF/HEIC/AVIF files (bytes 8-12, after "ftyp").
@@ -68,21 +69,32 @@ def decode_photo(data: bytes, max_pixels: int, max_detect_side: int) -> tuple[np
         im.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise DecodeError(f"corrupt or truncated image data ({describe_error(exc)})") from None
-    rgb = to_rgb(_displayed(im))
-    image = np.asarray(rgb)
-    detect = image
-    if max(rgb.size) > max_detect_side:
-        detect = np.asarray(_fit(rgb, max_detect_side, Image.Resampling.BILINEAR))
-    preview = rgb if max(rgb.size) <= PREVIEW_SIDE else _fit(rgb, PREVIEW_SIDE, Image.Resampling.BICUBIC)
-    return image, detect, encode_jpeg(preview, PREVIEW_QUALITY)
+    # Memory: a decoded W x H photo weighs 4 W H bytes in Pillow; the steps below never
+    # hold more than that plus the 3 W H bytes of the array (no copy when upright).
+    _display(im)
+    rgb = to_rgb(im)
+    del im
+    small = rgb if max(rgb.size) <= max_detect_side else _fit(rgb, max_detect_side, Image.Resampling.BILINEAR)
+    preview = small if max(small.size) <= PREVIEW_SIDE else _fit(small, PREVIEW_SIDE, Image.Resampling.BICUBIC)
+    image = pixels(rgb)
+    return image, (image if small is rgb else np.asarray(small)), encode_jpeg(preview, PREVIEW_QUALITY)
 
 
-def _displayed(im: Image.Image) -> Image.Image:
-    """`im` rotated/flipped as its EXIF orientation says; unchanged when EXIF is unreadable."""
+def pixels(im: Image.Image) -> np.ndarray:
+    """(H,W,3) uint8 copy of an RGB image, made in strips of STRIP_ROWS rows:
+    np.asarray(im) goes through im.tobytes(), which briefly holds two more full copies."""
+    out = np.empty((im.height, im.width, 3), np.uint8)
+    for top in range(0, im.height, STRIP_ROWS):
+        out[top:top + STRIP_ROWS] = np.asarray(im.crop((0, top, im.width, min(top + STRIP_ROWS, im.height))))
+    return out
+
+
+def _display(im: Image.Image) -> None:
+    """Rotate/flip `im` in place as its EXIF orientation says; unchanged when EXIF is unreadable."""
     try:
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError):
-        return im
+        pass
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -121,10 +133,13 @@ def encode_jpeg(im: Image.Image | np.ndarray, quality: int) -> bytes:
 
 def load_photo(ref: PhotoRef, max_file_bytes: int, max_pixels: int,
                max_detect_side: int) -> DecodedPhoto | PhotoOutcome:
-    """Read and decode one photo, or its failed outcome (stage "read" or "decode")."""
+    """Read and decode one photo, or its failed outcome (stage "read" or "decode"), or a
+    REUSED outcome when its bytes hash to ref.reuse_sha256 (nothing decoded)."""
     read = read_photo(ref, max_file_bytes)
     if isinstance(read, PhotoOutcome):
         return read
+    if read.sha256 == ref.reuse_sha256:
+        return PhotoOutcome(ref.user_id, ref.photo_path, REUSED, read.sha256)
     try:
         image, detect, preview = decode_photo(read.data, max_pixels, max_detect_side)
     except Exception as exc:  # any decoder bug or malformed file must become a row
@@ -141,7 +156,7 @@ def photo_weight(item: DecodedPhoto | PhotoOutcome) -> int:
 
 
 class LoadPhotos(beam.DoFn):
-    """A batch of PhotoRefs -> lists of DecodedPhoto (or failed PhotoOutcome), each list
+    """A batch of PhotoRefs -> lists of DecodedPhoto (or failed or REUSED PhotoOutcome), each list
     weighing at most `batch_weight` (photo_weight) unless one photo alone weighs more.
 
     Lists are emitted as soon as they are full, so at most one list of decoded photos
@@ -157,6 +172,7 @@ class LoadPhotos(beam.DoFn):
         self.counters = {stage: beam.metrics.Metrics.counter("facegroup", f"failed_{stage}")
                          for stage in ("read", "decode")}
         self.loaded = beam.metrics.Metrics.counter("facegroup", "photos_loaded")
+        self.reused = beam.metrics.Metrics.counter("facegroup", "photos_reused")
 
     def process(self, refs: Sequence[PhotoRef]):
         batch: list[DecodedPhoto | PhotoOutcome] = []
@@ -164,7 +180,9 @@ class LoadPhotos(beam.DoFn):
         for ref in refs:
             item = load_photo(ref, self.max_file_bytes, self.max_pixels, self.max_detect_side)
             self.loaded.inc()
-            if isinstance(item, PhotoOutcome):
+            if isinstance(item, PhotoOutcome) and item.status == REUSED:
+                self.reused.inc()
+            elif isinstance(item, PhotoOutcome):
                 self.counters[item.stage].inc()
             if batch and weight + photo_weight(item) > self.batch_weight:
                 yield batch

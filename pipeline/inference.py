@@ -10,7 +10,8 @@ becomes a failure row (stage "detect" or "embed"); the bundle never fails for a 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -32,6 +33,21 @@ class EmbedderInfo:
     version: str
     dim: int
     lineage: dict | None = None
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Everything a photo's faces depend on besides its bytes: the embedder and the
+    detection options. Recorded in the photos/ and faces/ Parquet metadata, so that an
+    incremental run reuses only results it would have computed itself (pipeline.reuse)."""
+
+    embedder: EmbedderInfo
+    min_face_size: int
+    min_det_score: float
+    max_detect_side: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
 
 
 def describe_embedder(name: str, weights: str | None) -> EmbedderInfo:

@@ -6,8 +6,13 @@ reported as skipped) or a manifest (``.csv`` with a header, or ``.parquet``) wit
 columns ``user_id`` and ``path`` (relative paths are resolved against the manifest's
 folder; absolute paths and URIs are used as they are and stored as given). Everything
 goes through ``apache_beam.io.filesystems.FileSystems`` (what MatchFiles/ReadMatches
-use), so local paths, gs://, s3://, ... work alike. Local listing does not follow
-symbolic links to directories (no loops); links to files are read.
+use), so local paths, gs://, s3://, ... work alike, with two exceptions for local
+folders, where Beam's listing silently drops entries it cannot stat and its open()
+blocks forever on a FIFO: local folders are walked with ``os.walk`` (every non-folder
+entry becomes a photo, so broken links and symbolic-link loops end as read failures
+instead of vanishing; links to folders are not followed, which rules out loops, and
+are reported as skipped, like folders that cannot be listed), and a local path that is
+not a regular file fails at read without being opened.
 
 The launcher lists the library before the pipeline starts (`list_photos`): the listing
 is sorted, so batches are the same on every runner and every retry, and the number of
@@ -19,6 +24,7 @@ import csv
 import hashlib
 import io
 import os
+import stat
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
@@ -62,15 +68,37 @@ def list_photos(location: str) -> Listing:
     if is_manifest(location):
         manifest_dir = FileSystems.split(location)[0]
         items = [manifest_ref(row, manifest_dir) for row in read_manifest_rows(location)]
-    else:
+    elif "://" in location:
         matched = FileSystems.match([FileSystems.join(location, "**")])[0].metadata_list
         items = [library_ref(meta.path, location) for meta in matched]
+    else:
+        items = list_local(location)
     photos = sorted((i for i in items if isinstance(i, PhotoRef)), key=lambda r: (r.user_id, r.photo_path))
     skipped = sorted((i for i in items if isinstance(i, Skipped)), key=lambda s: (s.path, s.reason))
     if not photos:
         layout = "rows with a valid user_id" if is_manifest(location) else "files in <root>/<user_id>/"
         raise ValueError(f"--input {location}: no photos found (expected {layout}; {len(skipped)} skipped)")
     return Listing(photos, skipped)
+
+
+def list_local(root: str) -> list[PhotoRef | Skipped]:
+    """Every non-folder entry under a local library root (FIFOs, broken links and link
+    loops included: they fail at read), plus a Skipped item for each link to a folder
+    (not followed) and each folder that cannot be listed."""
+    items: list[PhotoRef | Skipped] = []
+    prefix = root.rstrip("/") + "/"
+
+    def unlistable(exc: OSError) -> None:
+        rel = (exc.filename or root)[len(prefix):] or "."
+        items.append(Skipped(_printable(rel), f"cannot list folder: {exc.strerror or exc}"))
+
+    for folder, subfolders, files in os.walk(root, onerror=unlistable):
+        for name in subfolders:
+            if os.path.islink(os.path.join(folder, name)):
+                rel = os.path.join(folder, name)[len(prefix):]
+                items.append(Skipped(_printable(rel), "symbolic link to a folder (not followed)"))
+        items.extend(library_ref(os.path.join(folder, name), root) for name in files)
+    return items
 
 
 def library_ref(path: str, root: str) -> PhotoRef | Skipped:
@@ -135,8 +163,29 @@ class FileTooLarge(ValueError):
     """A file bigger than --max_file_bytes."""
 
 
+class NotAFile(OSError):
+    """A local path that names no regular file (FIFO, device, socket, broken link)."""
+
+
+def check_local_file(path: str) -> None:
+    """Raise NotAFile unless the local `path` is (a link to) a regular file; opening a
+    FIFO would block forever and a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise NotAFile("broken symbolic link (its target does not exist)") from None
+        raise
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "special")
+        raise NotAFile(f"not a regular file ({kind})")
+
+
 def read_bounded(uri: str, max_bytes: int) -> bytes:
     """The bytes of `uri` (never decompressed), or FileTooLarge once it exceeds max_bytes."""
+    if "://" not in uri:
+        check_local_file(uri)
     chunks, total = [], 0
     with FileSystems.open(uri, mime_type="application/octet-stream",
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -153,7 +202,7 @@ def read_photo(ref: PhotoRef, max_bytes: int) -> PhotoBytes | PhotoOutcome:
     the photo by its relative path only."""
     try:
         data = read_bounded(ref.uri, max_bytes)
-    except FileTooLarge as exc:
+    except (FileTooLarge, NotAFile) as exc:
         return failed_outcome(ref.user_id, ref.photo_path, "read", str(exc))
     except Exception as exc:  # I/O errors of any file system become failure rows
         return failed_outcome(ref.user_id, ref.photo_path, "read", describe_error(exc, {ref.uri: ref.photo_path}))

@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cluster import DEFAULT_METHOD, METHODS
 from pipeline.inputs import is_manifest, normalise_location
+from pipeline.reuse import NO_PREVIOUS
 
 DEVICES = ("auto", "cpu", "cuda")
 #: MTCNN's own O-Net threshold is 0.7. On 400 random LFW photos every centre face scored
@@ -37,6 +38,13 @@ class FaceGroupOptions(PipelineOptions):
             "--output", default=None,
             help="output folder (local path or URI): photos/, faces/, clusters/, failures/ Parquet "
                  "tables per user, report/, summary.json and _SUCCESS. Must not be inside --input.")
+        parser.add_argument(
+            "--previous", default=None,
+            help="output folder of an earlier run whose results to reuse (incremental run): photos "
+                 "listed at the same path with the same SHA-256, detected and embedded with the same "
+                 "settings and embedder version, are not detected or embedded again, and person ids "
+                 "carry over. Default: --output itself when it already holds a run's tables; 'none' "
+                 "processes every photo again.")
         parser.add_argument(
             "--device", default="auto", choices=DEVICES,
             help="where detection and embedding run: auto (CUDA when available), cpu or cuda.")
@@ -83,6 +91,8 @@ def validate(options: FaceGroupOptions) -> None:
         raise ValueError("--output is required (the folder to write the results to)")
     options.input = normalise_location(options.input)
     options.output = normalise_location(options.output)
+    if options.previous and options.previous != NO_PREVIOUS:
+        options.previous = normalise_location(options.previous)
     if any(c in options.input for c in "*?["):
         raise ValueError(f"--input {options.input!r} contains glob characters (*, ?, [); "
                          "give the library's root folder or a manifest")

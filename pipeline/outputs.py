@@ -12,7 +12,11 @@ are not used: on DaskRunner they leave empty final files.
 
 Rows are sorted (photos and failures by path, faces and clusters by face_key) and faces
 are clustered in face_key order, so the same inputs give byte-for-byte comparable
-tables on every runner. A photo that appears under several paths of one user (same
+tables on every runner. In an incremental run the user's PreviousResults arrive in the
+same group: REUSED outcomes are replaced by the previous results, and person ids are
+carried over by pipeline.person_ids. photos/ and faces/ files record the run's
+InferenceSettings and clusters/ files the user's next unused person id in their Parquet
+metadata (pipeline.schemas). A photo that appears under several paths of one user (same
 SHA-256) gets a photos/ row per path, but its faces are stored and clustered once (with
 the first path in sort order); face_key = "<sha256>:<face_index>" is unique per user.
 """
@@ -32,8 +36,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
-from pipeline.inference import EmbedderInfo
-from pipeline.records import PhotoOutcome
+from pipeline.inference import EmbedderInfo, InferenceSettings
+from pipeline.person_ids import PreviousPeople, stable_person_ids
+from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
 
 TABLES = ("photos", "faces", "clusters", "failures")
@@ -55,6 +60,7 @@ class UserStats:
     unclustered: int = 0
     same_photo_paths: int = 0  # photos rows whose faces were stored under another path
     duplicate_listings: int = 0  # outcomes dropped because a manifest listed a path twice
+    reused: int = 0  # photos whose results came from the previous run (not inferred again)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -162,8 +168,9 @@ def faces_table(user_id: str, outcomes: Sequence[PhotoOutcome], embedder: Embedd
     ], schema=schemas.faces_schema(dim, embedder.lineage))
 
 
-def clusters_table(faces: pa.Table, method: str) -> pa.Table:
-    """clusters/ rows for a user's faces table (sorted by face_key).
+def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None = None) -> pa.Table:
+    """clusters/ rows for a user's faces table (sorted by face_key), person ids carried
+    over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
 
     Raises ValueError when the faces come from more than one embedder or version:
     distances between their embeddings mean nothing.
@@ -181,24 +188,32 @@ def clusters_table(faces: pa.Table, method: str) -> pa.Table:
         dim = faces.schema.field("embedding").type.list_size
         x = faces.column("embedding").combine_chunks().flatten().to_numpy().reshape(n, dim)
         result = cluster_faces(x, method)
-        person, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
+        labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
-        person = size = np.zeros(0, np.int32)
+        labels = size = np.zeros(0, np.int32)
         distance = np.zeros(0, np.float32)
-    return pa.Table.from_arrays([
+    person, next_id = stable_person_ids(faces.column("face_key").to_pylist(), labels, previous)
+    table = pa.Table.from_arrays([
         faces.column("user_id"), faces.column("face_key"), faces.column("photo_sha256"),
         faces.column("face_index"), pa.array(person, pa.int32()), pa.array(size, pa.int32()),
         pa.array(distance, pa.float32())], schema=schemas.CLUSTERS)
+    return table.replace_schema_metadata({schemas.NEXT_PERSON_ID_KEY: str(next_id).encode()})
 
 
-def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], embedder: EmbedderInfo,
-                method: str) -> tuple[dict[str, pa.Table], UserStats]:
-    """All four tables of one user and their counts."""
+def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: InferenceSettings, method: str,
+                previous: PreviousResults | None = None) -> tuple[dict[str, pa.Table], UserStats]:
+    """All four tables of one user and their counts; REUSED outcomes are resolved from
+    `previous`, whose person ids the clusters keep."""
     outcomes = list(outcomes)
-    ordered = unique_outcomes(outcomes)
-    faces = faces_table(user_id, ordered, embedder)
-    tables = {"photos": photos_table(user_id, ordered), "faces": faces,
-              "clusters": clusters_table(faces, method), "failures": failures_table(user_id, ordered)}
+    unique = unique_outcomes(outcomes)
+    previous = previous or PreviousResults(user_id, {}, PreviousPeople())
+    ordered = [previous.resolve(o) for o in unique]
+    faces = faces_table(user_id, ordered, settings.embedder)
+    recorded = {schemas.SETTINGS_KEY: settings.to_json().encode()}
+    tables = {"photos": photos_table(user_id, ordered).replace_schema_metadata(recorded),
+              "faces": faces.replace_schema_metadata({**(faces.schema.metadata or {}), **recorded}),
+              "clusters": clusters_table(faces, method, previous.people),
+              "failures": failures_table(user_id, ordered)}
     statuses = Counter(o.status for o in ordered)
     person = tables["clusters"].column("person_id").to_numpy()
     stats = UserStats(
@@ -207,28 +222,34 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], embedder: Embedd
         faces=faces.num_rows, people=len(set(person[person >= 0].tolist())),
         unclustered=int((person < 0).sum()),
         same_photo_paths=statuses["faces"] - len(set(faces.column("photo_path").to_pylist())),
-        duplicate_listings=len(outcomes) - len(ordered))
+        duplicate_listings=len(outcomes) - len(ordered), reused=sum(o.status == REUSED for o in unique))
     return tables, stats
 
 
 class WriteUserTables(beam.DoFn):
-    """(user key, outcomes) -> the user's four Parquet files and run record; yields UserStats."""
+    """(user key, outcomes and PreviousResults) -> the user's four Parquet files and run
+    record; yields UserStats. Only users with at least one outcome are written."""
 
-    def __init__(self, output: str, run_id: str, embedder: EmbedderInfo, method: str) -> None:
+    def __init__(self, output: str, run_id: str, settings: InferenceSettings, method: str) -> None:
         self.output = output
         self.run_id = run_id
-        self.embedder = embedder
+        self.settings = settings
         self.method = method
         self.counters = {name: beam.metrics.Metrics.counter("facegroup", name) for name in (
             "users_written", "photos_written", "photos_with_faces", "photos_without_faces",
             "photos_failed", "faces_written", "people")}
 
-    def process(self, element: tuple[int, Iterable[PhotoOutcome]]):
+    def process(self, element: tuple[int, Iterable[PhotoOutcome | PreviousResults]]):
         by_user: dict[str, list[PhotoOutcome]] = defaultdict(list)
-        for outcome in element[1]:
-            by_user[outcome.user_id].append(outcome)  # a key collision must not mix users
+        previous: dict[str, PreviousResults] = {}
+        for item in element[1]:  # a key collision must not mix users: split by user id
+            if isinstance(item, PreviousResults):
+                previous.setdefault(item.user_id, item)
+            else:
+                by_user[item.user_id].append(item)
         for user_id in sorted(by_user):
-            tables, stats = user_tables(user_id, by_user[user_id], self.embedder, self.method)
+            tables, stats = user_tables(user_id, by_user[user_id], self.settings, self.method,
+                                        previous.get(user_id))
             for name in TABLES:
                 write_table(table_path(self.output, name, user_id), tables[name])
             write_text(run_record_path(self.output, self.run_id, f"{user_folder(user_id)}.json"),

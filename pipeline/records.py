@@ -4,25 +4,40 @@ One input photo becomes one `PhotoRef`, then (when readable) `PhotoBytes`, then 
 decodable) `DecodedPhoto`, and always ends as exactly one `PhotoOutcome`: the record
 from which the per-user writer builds its `photos/`, `faces/` and `failures/` rows.
 Failures at any stage are turned into outcomes where they happen, so one bad photo
-never fails a bundle.
+never fails a bundle. In an incremental run, a photo whose previous result is reused
+ends as a REUSED outcome, and each user's `PreviousResults` meets that user's outcomes
+at the writer, which resolves them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
 
+from pipeline.person_ids import PreviousPeople
+
 MAX_ERROR_LENGTH = 300
+
+
+#: Status of an outcome whose results come from the previous run (see pipeline.reuse);
+#: the writer replaces it by the previous "faces"/"no_face" result before writing.
+REUSED = "reused"
 
 
 @dataclass(frozen=True)
 class PhotoRef:
-    """A photo to process. `uri` is where to read it and is never written to outputs."""
+    """A photo to process. `uri` is where to read it and is never written to outputs.
+
+    reuse_sha256: the SHA-256 this path had in the previous run when that run's results
+    for it can be reused (pipeline.reuse); if the bytes still hash to it, the photo is
+    not decoded, detected or embedded again.
+    """
 
     user_id: str
     photo_path: str  # relative to the input root, or the manifest's path as given
     uri: str
+    reuse_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,8 @@ class Face:
 class PhotoOutcome:
     """Everything the outputs need about one input photo, whatever happened to it.
 
-    status is "faces", "no_face" or "failed"; failed outcomes carry `stage` (one of
+    status is "faces", "no_face", "failed" or, until the writer resolves it, REUSED;
+    failed outcomes carry `stage` (one of
     pipeline.schemas.FAILURE_STAGES) and a one-line `error`. Faces are in face_index
     order (descending detection score).
     """
@@ -130,3 +146,27 @@ def describe_error(exc: BaseException, replace: Mapping[str, str] | None = None)
             text = text.replace(old, new)
     text = " ".join(text.split())
     return text if len(text) <= MAX_ERROR_LENGTH else text[:MAX_ERROR_LENGTH - 3] + "..."
+
+
+@dataclass
+class PreviousResults:
+    """What the previous run left for one user (read by pipeline.reuse.ReadPrevious):
+    results by photo SHA-256 (outcomes with status "faces"/"no_face", faces included,
+    photo_path empty) for the photos this run may reuse, and the user's person ids."""
+
+    user_id: str
+    results: dict[str, PhotoOutcome]
+    people: PreviousPeople
+
+    def resolve(self, outcome: PhotoOutcome) -> PhotoOutcome:
+        """`outcome` itself, or for a REUSED one the previous result under its path (a
+        failed read when that result is missing, which only happens when the previous
+        tables changed during the run)."""
+        if outcome.status != REUSED:
+            return outcome
+        found = self.results.get(outcome.sha256 or "")
+        if found is None:
+            return failed_outcome(outcome.user_id, outcome.photo_path, "read",
+                                  "the previous run's result for this photo could not be read back "
+                                  "(its tables changed during the run); run again", sha256=outcome.sha256)
+        return replace(found, user_id=outcome.user_id, photo_path=outcome.photo_path)

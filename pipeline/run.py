@@ -2,13 +2,17 @@
 
     python -m pipeline --input LIBRARY --output OUT [--runner ...] [any Beam flag]
 
-The launcher lists the library (sorted) and cuts it into batches of --batch_size
-photos. Graph: Create(batches) -> LoadPhotos (read with SHA-256, decode; lists bounded
-by pixel weight) -> RunInference (detect, align, embed; model once per worker process)
--> key by user -> GroupByKey -> write the user's four tables. It is one linear chain of
-single-output steps with no side inputs, state or finish_bundle output, so it means the
-same on DirectRunner, DaskRunner and portable runners. Every photo listed becomes
-exactly one outcome; the end-of-run check compares the listing with the written tables.
+The launcher lists the library (sorted), marks the photos whose results the previous
+run already has (pipeline.reuse) and cuts the list into batches of --batch_size photos
+(marked and unmarked photos in separate batches).
+Graph: Create(batches) -> LoadPhotos (read with SHA-256, decode unless reused; lists
+bounded by pixel weight) -> RunInference (detect, align, embed; model once per worker
+process) -> key by user -> GroupByKey -> write the user's four tables. In an incremental
+run, Create(users) -> ReadPrevious joins the GroupByKey through a Flatten, bringing
+each user's previous results and person ids. Only single-output steps, no side inputs,
+state or finish_bundle output, so it means the same on DirectRunner, DaskRunner and
+portable runners. Every photo listed becomes exactly one outcome; the end-of-run check
+compares the listing with the written tables.
 
 A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
 files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
@@ -34,12 +38,13 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline import schemas
 from pipeline.decode import LoadPhotos
-from pipeline.inference import EmbedderInfo, FaceModelHandler, describe_embedder
+from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, describe_embedder
 from pipeline.inputs import Listing, list_photos
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
 from pipeline.records import PhotoOutcome
 from pipeline.report import build_report
+from pipeline.reuse import ReadPrevious, ReusePlan, plan_reuse, resolve_previous
 from pipeline.users import user_folder, user_key
 
 SUCCESS = "_SUCCESS"
@@ -53,19 +58,30 @@ def by_user(outcome: PhotoOutcome) -> tuple[int, PhotoOutcome]:
     return user_key(outcome.user_id), outcome
 
 
-def build(p: beam.Pipeline, opts: FaceGroupOptions, listing: Listing, run_id: str,
-          embedder: EmbedderInfo) -> None:
-    """Add the whole pipeline to `p` (options validated, library listed)."""
-    handler = FaceModelHandler(embedder, opts.embedder_weights, opts.device, opts.min_face_size,
+def inference_settings(opts: FaceGroupOptions, embedder: EmbedderInfo) -> InferenceSettings:
+    """The settings this run's faces depend on (recorded with its tables)."""
+    return InferenceSettings(embedder, opts.min_face_size, opts.min_det_score, opts.max_detect_side)
+
+
+def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, run_id: str,
+          settings: InferenceSettings) -> None:
+    """Add the whole pipeline to `p` (options validated, library listed, reuse planned)."""
+    handler = FaceModelHandler(settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size,
                                opts.min_det_score)
-    _ = (p
-         | "PhotoBatches" >> beam.Create(listing.batches(opts.batch_size))
-         | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels, opts.max_detect_side,
-                                                 opts.batch_size))
-         | "DetectAlignEmbed" >> RunInference(handler.with_no_batching())
-         | "KeyByUser" >> beam.Map(by_user)
+    outcomes = (p
+                | "PhotoBatches" >> beam.Create(plan.batches(opts.batch_size))
+                | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels,
+                                                        opts.max_detect_side, opts.batch_size))
+                | "DetectAlignEmbed" >> RunInference(handler.with_no_batching())
+                | "KeyByUser" >> beam.Map(by_user))
+    if plan.parts:
+        previous_results = (p
+                            | "PreviousUsers" >> beam.Create(plan.parts)
+                            | "ReadPrevious" >> beam.ParDo(ReadPrevious(plan.previous)))
+        outcomes = (outcomes, previous_results) | "WithPrevious" >> beam.Flatten()
+    _ = (outcomes
          | "GroupByUser" >> beam.GroupByKey()
-         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, embedder, opts.cluster)))
+         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster)))
 
 
 def skipped_record(listing: Listing) -> dict:
@@ -92,6 +108,7 @@ class RunSummary:
     skipped: dict = field(default_factory=lambda: {"count": 0, "reasons": {}, "examples": []})
     counters: dict[str, int] | None = None
     report: str | None = None
+    previous: str | None = None  # the earlier output whose results were reused
 
     @property
     def photos(self) -> int:
@@ -124,6 +141,11 @@ class RunSummary:
             + (f" (+ {self.total('duplicate_listings')} duplicate manifest rows)"
                if self.total("duplicate_listings") else ""),
             "failed by stage: " + ", ".join(f"{s} {n}" for s, n in failed.items()),
+        ]
+        if self.previous:
+            lines.append(f"reused the results of {self.total('reused')} photos from {self.previous} (not "
+                         f"detected or embedded again); {self.photos - self.total('reused')} processed")
+        lines += [
             f"faces {self.total('faces')} ({self.embedder['name']} {self.embedder['version']}, "
             f"{self.embedder['dim']}-d), people {self.total('people')} ({self.cluster} clustering), "
             f"unclustered faces {self.total('unclustered')}",
@@ -136,7 +158,7 @@ class RunSummary:
             lines.append(f"  ... {len(self.users) - MAX_USERS_PRINTED} more users in {SUMMARY}")
         if self.skipped["count"]:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped["reasons"].items()))
-            lines.append(f"skipped {self.skipped['count']} files that belong to no user ({reasons})")
+            lines.append(f"skipped {self.skipped['count']} entries that are no user's photos ({reasons})")
         if self.counters is None:
             lines.append("Beam counters: not reported by this runner (figures above are from the written tables)")
         else:
@@ -189,6 +211,22 @@ def finalise(output: str, run_id: str) -> list[UserStats]:
     return users
 
 
+def in_process_runner(options: PipelineOptions) -> str:
+    """The runner name to report; a DirectRunner run is sent straight to Beam's FnApiRunner.
+
+    Beam's DirectRunner first tries to start a Prism job server (it downloads a binary
+    and leaves temporary folders and ~/.apache_beam behind, even when that fails) and
+    then falls back to FnApiRunner, the engine every local run here ends up on. Going
+    there directly keeps every file a run writes under --output; FnApiRunner reads the
+    same --direct_num_workers and --direct_running_mode.
+    """
+    standard = options.view_as(StandardOptions)
+    requested = str(standard.runner or "DirectRunner").rsplit(".", 1)[-1]
+    if requested == "DirectRunner":
+        standard.runner = "FnApiRunner"
+    return requested
+
+
 def run(argv: list[str] | None = None) -> RunSummary:
     """Run the pipeline with command-line `argv`; returns the checked summary.
 
@@ -196,16 +234,20 @@ def run(argv: list[str] | None = None) -> RunSummary:
     pipeline fails or a listed photo is missing from the outputs (no _SUCCESS then).
     """
     options = PipelineOptions(argv)
+    runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
     listing = list_photos(opts.input)
     embedder = describe_embedder(opts.embedder, opts.embedder_weights)
+    settings = inference_settings(opts, embedder)
+    previous = resolve_previous(opts.previous, opts.output)
+    plan = plan_reuse(previous, listing, settings)
     run_id = uuid.uuid4().hex[:12]
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
         FileSystems.delete([success])
     p = beam.Pipeline(options=options)
-    build(p, opts, listing, run_id, embedder)
+    build(p, opts, plan, run_id, settings)
     start = time.perf_counter()
     result = p.run()
     state = result.wait_until_finish()
@@ -213,9 +255,9 @@ def run(argv: list[str] | None = None) -> RunSummary:
     if state != PipelineState.DONE:
         raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")
     users = finalise(opts.output, run_id)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    summary = RunSummary(run_id, str(runner).rsplit(".", 1)[-1], opts.output, len(listing.photos), wall,
-                         asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result))
+    summary = RunSummary(run_id, runner, opts.output, len(listing.photos), wall,
+                         asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result),
+                         previous=previous)
     summary.check()
     summary.report = build_report(opts.output)
     write_text(FileSystems.join(opts.output, SUMMARY), summary.to_json())

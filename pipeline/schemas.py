@@ -75,6 +75,13 @@ FAILURES = pa.schema([
 ])
 
 
+#: Parquet key-value metadata. photos/ and faces/ files carry the InferenceSettings
+#: (pipeline.inference) they were computed with, as JSON; clusters/ files carry the
+#: user's next unused person id (pipeline.person_ids), as a decimal string.
+SETTINGS_KEY = b"facegroup.inference_settings"
+NEXT_PERSON_ID_KEY = b"facegroup.next_person_id"
+
+
 def face_key(photo_sha256: str, face_index: int) -> str:
     """Stable identifier of a face across runs: the photo's content hash and face index."""
     return f"{photo_sha256}:{face_index}"

@@ -260,7 +260,7 @@ def test_summary_is_printed_and_errors_are_one_line(result, capsys):
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
-    for option in ("--input", "--output", "--device", "--embedder", "--embedder_weights", "--min_face_size",
+    for option in ("--input", "--output", "--previous", "--device", "--embedder", "--embedder_weights", "--min_face_size",
                    "--min_det_score", "--max_detect_side", "--max_pixels", "--max_file_bytes", "--cluster",
                    "--batch_size", "Beam pipeline flag"):
         assert option in out

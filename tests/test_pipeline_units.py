@@ -22,7 +22,7 @@ from models.embedders import get_embedder
 from models.mtcnn import MTCNN
 from pipeline import schemas
 from pipeline.decode import DecodeError, decode_photo
-from pipeline.inference import EmbedderInfo, FaceModels, process_batch
+from pipeline.inference import EmbedderInfo, FaceModels, InferenceSettings, process_batch
 from pipeline.outputs import RUNS, TABLES, WriteUserTables, clusters_table, faces_table
 from pipeline.records import DecodedPhoto, PhotoOutcome
 from pipeline.run import finalise, run
@@ -122,7 +122,7 @@ def test_rewriting_a_user_is_idempotent_and_finalise_removes_stale_users(tmp_pat
     info = EmbedderInfo("dlib-resnet", "v1", 4)
     outcomes = [outcome("bob", "bob/b.jpg", "s2", 2), outcome("bob", "bob/a.jpg", "s1", 1),
                 outcome("bob", "bob/copy of a.jpg", "s1", 1), outcome("bob", "bob/c.jpg", "s3", 0)]
-    writer = WriteUserTables(out, "run1", info, "agglomerative")
+    writer = WriteUserTables(out, "run1", InferenceSettings(info, 20, 0.9, 1600), "agglomerative")
     first = list(writer.process((1, outcomes)))
     files = {t: (tmp_path / "out" / t / "user_id=bob" / "part-0.parquet") for t in TABLES}
     before = {t: f.read_bytes() for t, f in files.items()}

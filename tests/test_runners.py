@@ -43,7 +43,8 @@ from pipeline.inference import describe_embedder
 from pipeline.inputs import list_photos
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.outputs import PART, RUNS, TABLES
-from pipeline.run import SUCCESS, build, run
+from pipeline.reuse import plan_reuse
+from pipeline.run import SUCCESS, build, inference_settings, run
 from pipeline.users import user_folder
 from tests.conftest import REPO
 from tests.runner_services import Services, start_pipeline
@@ -270,7 +271,8 @@ def test_pipeline_graph_names_no_file_of_the_launching_machine(library, tmp_path
     validate(opts)
     listing = list_photos(opts.input)
     p = beam.Pipeline(options=options)
-    build(p, opts, listing, "graphcheck", describe_embedder(opts.embedder, opts.embedder_weights))
+    settings = inference_settings(opts, describe_embedder(opts.embedder, opts.embedder_weights))
+    build(p, opts, plan_reuse(None, listing, settings), "graphcheck", settings)
     local = (str(REPO), sysconfig.get_paths()["purelib"], str(Path.home()),
              *(str(weights.resolve(name)) for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", "dlib-resnet")))
 

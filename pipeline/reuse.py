@@ -1,0 +1,214 @@
+"""Incremental runs: reuse what a previous run already computed.
+
+``--previous OUTPUT_DIR`` names an earlier run's output (by default ``--output`` itself
+when it already holds tables, so re-running into the same folder is incremental;
+``--previous none`` processes everything again). A run without ``_SUCCESS`` is
+usable too: a crashed run resumes where its tables got to.
+
+A photo's previous result is reused when the file listed at the same user and path
+still hashes to the SHA-256 recorded there, its status was "faces" or "no_face"
+(failures are always tried again), its faces/ rows are complete (face indexes
+0..n_faces-1, embedded by this run's embedder name and version) and both tables were
+written with this run's InferenceSettings (embedder and detection options, in the
+Parquet metadata). A renamed or moved photo is processed again; its face keys come from
+its content, so its faces keep their person ids (pipeline.person_ids). Photos no
+longer listed are simply not written again: they disappear from the outputs.
+
+How it stays runner-independent (no side inputs, no state, no finish_bundle output):
+  - the launcher (`plan_reuse`) reads only the light columns of the previous photos/
+    and faces/ tables and marks each reusable PhotoRef with its expected SHA-256;
+    the marks travel as data in the Create of photo batches. A worker that reads the
+    bytes and finds that hash emits a REUSED outcome and skips decoding and inference
+    (decode.load_photo);
+  - the heavy results (boxes, embeddings, thumbnails, previews) and the previous
+    person ids are read on the workers by `ReadPrevious`, one element per user, and
+    meet the user's outcomes at the GroupByKey in front of the writer (Flatten).
+    GroupByKey is a barrier in batch mode, so every read of the previous tables ends
+    before the first write, and --previous may be --output itself; a retried writer
+    gets the same grouped data again.
+The previous output must therefore be readable by the workers (a local path on one
+machine, or a Beam file system URI), like --input.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import schemas
+from pipeline.inference import InferenceSettings
+from pipeline.inputs import Listing
+from pipeline.outputs import table_path
+from pipeline.person_ids import PreviousPeople
+from pipeline.records import Face, PhotoOutcome, PhotoRef, PreviousResults
+from pipeline.users import user_key
+
+NO_PREVIOUS = "none"
+REUSABLE_STATUSES = ("faces", "no_face")
+
+
+@dataclass(frozen=True)
+class PreviousPart:
+    """Work item of ReadPrevious: a user with previous tables, and the SHA-256 of the
+    photos whose results this run may reuse."""
+
+    user_id: str
+    sha256s: tuple[str, ...]
+
+
+@dataclass
+class ReusePlan:
+    """The listing with its reusable photos marked, and the users to read back from
+    the previous output (None: no previous run)."""
+
+    listing: Listing
+    parts: list[PreviousPart]
+    previous: str | None = None
+
+    @property
+    def reusable(self) -> int:
+        return sum(1 for ref in self.listing.photos if ref.reuse_sha256)
+
+    def batches(self, size: int) -> list[tuple[PhotoRef, ...]]:
+        """Photo batches, reusable photos apart from the others (listing order within
+        each): the photos that need inference fill whole batches, instead of one new
+        photo per batch paying a detection and embedding call of its own."""
+        reusable = [ref for ref in self.listing.photos if ref.reuse_sha256]
+        others = [ref for ref in self.listing.photos if not ref.reuse_sha256]
+        return Listing(reusable, []).batches(size) + Listing(others, []).batches(size)
+
+
+def resolve_previous(option: str | None, output: str) -> str | None:
+    """The previous output to reuse: --previous as given (it must hold a photos/ table),
+    None for "none", and by default --output itself when it holds one."""
+    if option == NO_PREVIOUS:
+        return None
+    location = output if option is None else option
+    if FileSystems.exists(FileSystems.join(location, "photos")):
+        return location
+    if option is not None:
+        raise FileNotFoundError(f"--previous {option} holds no photos/ table of an earlier run "
+                                f"(give an earlier --output, or --previous {NO_PREVIOUS})")
+    return None
+
+
+def read_parquet(path: str, columns: list[str]) -> pa.Table | None:
+    """`columns` of a Parquet file through Beam's file systems (metadata kept); None
+    when the file does not exist. Only the chunks of those columns are read."""
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, mime_type="application/octet-stream",
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def recorded_settings(table: pa.Table | None) -> bytes | None:
+    """The InferenceSettings JSON a photos/ or faces/ file was written with."""
+    return (table.schema.metadata or {}).get(schemas.SETTINGS_KEY) if table is not None else None
+
+
+def _columns(table: pa.Table, *names: str) -> list[list]:
+    return [table.column(name).to_pylist() for name in names]
+
+
+def reusable_results(photos: pa.Table, faces: pa.Table | None, settings: InferenceSettings) -> dict[str, str]:
+    """{photo_path: sha256} of one user's previous photos whose results can be reused."""
+    wanted = settings.to_json().encode()
+    if recorded_settings(photos) != wanted or (faces is not None and recorded_settings(faces) != wanted):
+        return {}
+    indexes: dict[str, list[int]] = defaultdict(list)
+    foreign: set[str] = set()
+    if faces is not None:
+        current = (settings.embedder.name, settings.embedder.version)
+        for sha, index, name, version in zip(*_columns(faces, "photo_sha256", "face_index", "embedder",
+                                                       "embedder_version")):
+            indexes[sha].append(index)
+            if (name, version) != current:
+                foreign.add(sha)
+    reusable = {}
+    for path, sha, status, n_faces in zip(*_columns(photos, "photo_path", "photo_sha256", "status", "n_faces")):
+        if status not in REUSABLE_STATUSES or sha is None or sha in foreign:
+            continue
+        if sorted(indexes.get(sha, [])) == list(range(n_faces if status == "faces" else 0)):
+            reusable[path] = sha
+    return reusable
+
+
+def plan_reuse(previous: str | None, listing: Listing, settings: InferenceSettings) -> ReusePlan:
+    """Mark the listed photos whose results `previous` already holds (None: no reuse).
+
+    Reads only photos/ (path, sha256, status, n_faces) and faces/ (sha256, face index,
+    embedder) of the listed users. A user whose previous tables cannot be read is
+    processed from scratch (logged)."""
+    if previous is None:
+        return ReusePlan(listing, [])
+    by_user: dict[str, list[PhotoRef]] = defaultdict(list)
+    for ref in listing.photos:
+        by_user[ref.user_id].append(ref)
+    photos, parts = [], []
+    for user_id, refs in by_user.items():  # listing order: sorted by user, then path
+        reusable: dict[str, str] = {}
+        try:
+            old_photos = read_parquet(table_path(previous, "photos", user_id),
+                                      ["photo_path", "photo_sha256", "status", "n_faces"])
+            if old_photos is not None:
+                old_faces = read_parquet(table_path(previous, "faces", user_id),
+                                         ["photo_sha256", "face_index", "embedder", "embedder_version"])
+                reusable = reusable_results(old_photos, old_faces, settings)
+                parts.append(PreviousPart(user_id, tuple(sorted(set(reusable.values())))))
+        except (OSError, pa.ArrowException) as exc:
+            logging.warning("previous tables of user %r unreadable (%s): processing its photos again", user_id, exc)
+        photos.extend(replace(ref, reuse_sha256=reusable[ref.photo_path]) if ref.photo_path in reusable else ref
+                      for ref in refs)
+    return ReusePlan(Listing(photos, listing.skipped), parts, previous)
+
+
+def _rows(table: pa.Table | None, sha256s: set[str]) -> list[dict]:
+    """Rows of `table` whose photo_sha256 is one of sha256s."""
+    if table is None or not sha256s:
+        return []
+    return table.filter(pc.is_in(table.column("photo_sha256"), pa.array(sorted(sha256s)))).to_pylist()
+
+
+def previous_results(previous: str, part: PreviousPart) -> PreviousResults:
+    """Read one user's previous results for part.sha256s and all its person ids."""
+    wanted = set(part.sha256s)
+    faces: dict[str, list[Face]] = defaultdict(list)
+    face_rows = _rows(read_parquet(table_path(previous, "faces", part.user_id), [
+        "photo_sha256", "face_index", "box", "landmarks", "det_score", "embedding", "thumbnail"]), wanted)
+    for row in sorted(face_rows, key=lambda r: (r["photo_sha256"], r["face_index"])):
+        faces[row["photo_sha256"]].append(Face(
+            np.asarray(row["box"], np.float32), np.asarray(row["landmarks"], np.float32).reshape(5, 2),
+            float(row["det_score"]), np.asarray(row["embedding"], np.float32), row["thumbnail"]))
+    results: dict[str, PhotoOutcome] = {}
+    photo_rows = _rows(read_parquet(table_path(previous, "photos", part.user_id), [
+        "photo_sha256", "status", "width", "height", "preview"]), wanted)
+    for row in photo_rows:
+        sha = row["photo_sha256"]
+        results.setdefault(sha, PhotoOutcome(part.user_id, "", row["status"], sha, row["width"], row["height"],
+                                             row["preview"], faces.get(sha, [])))
+    clusters = read_parquet(table_path(previous, "clusters", part.user_id), ["face_key", "person_id"])
+    person_of: dict[str, int] = {}
+    next_id = 0
+    if clusters is not None:
+        person_of = {k: p for k, p in zip(*_columns(clusters, "face_key", "person_id")) if p >= 0}
+        next_id = int((clusters.schema.metadata or {}).get(schemas.NEXT_PERSON_ID_KEY, b"0"))
+    return PreviousResults(part.user_id, results, PreviousPeople(person_of, next_id))
+
+
+class ReadPrevious(beam.DoFn):
+    """PreviousPart -> (user key, PreviousResults), keyed like the outcomes it joins."""
+
+    def __init__(self, previous: str) -> None:
+        self.previous = previous
+
+    def process(self, part: PreviousPart):
+        yield user_key(part.user_id), previous_results(self.previous, part)
