@@ -344,7 +344,7 @@ def size_chart(people: list[Person]) -> Html | None:
         parts.append(el("g", {},
                         el("title", {}, f"{plural(n, 'person', 'people')} with {label} faces"),
                         el("rect", {"class": "bar", "x": x, "y": base - h, "width": bar_w, "height": h, "rx": 3}),
-                        el("text", {"x": x + bar_w / 2, "y": base - h - 4, "text-anchor": "middle"}, n or ""),
+                        el("text", {"class": "n", "x": x + bar_w / 2, "y": base - h - 4, "text-anchor": "middle"}, n or ""),
                         el("text", {"x": x + bar_w / 2, "y": base + 14, "text-anchor": "middle"}, label)))
     parts.append(el("text", {"x": width / 2, "y": base + 32, "text-anchor": "middle"}, "faces per person"))
     return el("figure", {"class": "chart"},
@@ -488,14 +488,17 @@ def photo_page(user: UserReport, photo: Photo, home: list[tuple[str, str | None]
                                         thumb(f, None, face_home[f.key][1], 124),
                                         el("span", {"class": "cap"}, face_home[f.key][1])))
         for f in photo.faces])
+    # The overlay letterboxes its viewBox like the image's object-fit: contain, so boxes stay on the faces
+    # whatever size the page gives the photo.
     body = [el("h1", {}, name),
-            el("figure", {"class": "photo"}, image,
-               el("svg", {"viewBox": f"0 0 {pw} {ph}", "preserveAspectRatio": "none",
-                          "aria-label": "face boxes"}, boxes)),
-            stats([("Faces", str(len(photo.faces))), ("Size", f"{width} × {height}")]),
-            el("h2", {}, "Path" if len(photo.paths) == 1 else "Paths"),
-            [el("p", {"class": "path"}, p) for p in photo.paths],
-            el("h2", {}, "Faces in this photo"), listing]
+            el("div", {"class": "viewer"},
+               el("figure", {"class": "photo"}, image,
+                  el("svg", {"viewBox": f"0 0 {pw} {ph}", "aria-label": "face boxes"}, boxes)),
+               el("aside", {"class": "details"},
+                  stats([("Faces", str(len(photo.faces))), ("Size", f"{width} × {height}")]),
+                  el("h2", {}, "Path" if len(photo.paths) == 1 else "Paths"),
+                  [el("p", {"class": "path"}, p) for p in photo.paths],
+                  el("h2", {}, "Faces in this photo"), listing))]
     return page(f"{name} · {user.user_id}", home + [(name, None)], body, 1)
 
 
