@@ -3,8 +3,10 @@
 Why: the report is what users look at. The fixture runs a real detector (dlib HOG + 5-point shape,
 test-only) on real LFW photos: thumbnails are real aligned face chips, previews are real downscaled
 photos, people are LFW identities with distance_to_centre from real dlib embeddings, and faces that are
-background people or identities seen once are left unclustered. Hostile photo names, user ids, person
-names and error messages check that everything is printed as text and nothing runs.
+background people or identities seen once are left unclustered; one user's people are named by
+pipeline.known_people from reference photos. Hostile photo names, user ids, person names and error
+messages check that everything is printed as text and nothing runs. Screenshots of every page visited
+go to test-artifacts/report/ (or $FACEGROUP_ARTIFACTS/report/).
 Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`) and selenium.
 """
 from __future__ import annotations
