@@ -44,6 +44,7 @@ INDEX_AVATARS = 6        # largest people shown per user on the index
 ASSETS = ("report.css", "icon.svg")
 CSP = "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'none'"
 VOID = frozenset({"img", "meta", "link", "br"})
+LABEL_EM = 0.66  # average width of a bold sans-serif character, in font sizes (to fit box labels)
 
 # Only the columns the report reads; embeddings and other heavy columns are never loaded.
 _FACES = faces_schema(1)
@@ -344,7 +345,7 @@ def size_chart(people: list[Person]) -> Html | None:
         parts.append(el("g", {},
                         el("title", {}, f"{plural(n, 'person', 'people')} with {label} faces"),
                         el("rect", {"class": "bar", "x": x, "y": base - h, "width": bar_w, "height": h, "rx": 3}),
-                        el("text", {"x": x + bar_w / 2, "y": base - h - 4, "text-anchor": "middle"}, n or ""),
+                        el("text", {"class": "n", "x": x + bar_w / 2, "y": base - h - 4, "text-anchor": "middle"}, n or ""),
                         el("text", {"x": x + bar_w / 2, "y": base + 14, "text-anchor": "middle"}, label)))
     parts.append(el("text", {"x": width / 2, "y": base + 32, "text-anchor": "middle"}, "faces per person"))
     return el("figure", {"class": "chart"},
@@ -474,11 +475,12 @@ def photo_page(user: UserReport, photo: Photo, home: list[tuple[str, str | None]
         link, label = face_home[face.key]
         x1, y1, x2, y2 = face.box[0] * sx, face.box[1] * sy, face.box[2] * sx, face.box[3] * sy
         ty = y1 - 5 if y1 - 5 > font else y2 + font
+        tx = max(0.0, min(x1, pw - LABEL_EM * font * len(label)))  # keep the label inside the photo
         boxes.append(el("a", {"href": href(link)},
                         el("title", {}, label),
                         el("rect", {"id": f"f{face.index}", "class": "box", "x": f"{x1:.1f}", "y": f"{y1:.1f}",
                                     "width": f"{x2 - x1:.1f}", "height": f"{y2 - y1:.1f}"}),
-                        el("text", {"class": "label", "x": f"{x1:.1f}", "y": f"{ty:.1f}", "font-size": font},
+                        el("text", {"class": "label", "x": f"{tx:.1f}", "y": f"{ty:.1f}", "font-size": font},
                            label)))
     name = photo.paths[0].replace("\\", "/").rsplit("/", 1)[-1]
     image = (el("img", {"src": href(f"photos/{photo.preview}"), "width": pw, "height": ph, "alt": photo.paths[0]})
@@ -488,14 +490,17 @@ def photo_page(user: UserReport, photo: Photo, home: list[tuple[str, str | None]
                                         thumb(f, None, face_home[f.key][1], 124),
                                         el("span", {"class": "cap"}, face_home[f.key][1])))
         for f in photo.faces])
+    # The overlay letterboxes its viewBox like the image's object-fit: contain, so boxes stay on the faces
+    # whatever size the page gives the photo.
     body = [el("h1", {}, name),
-            el("figure", {"class": "photo"}, image,
-               el("svg", {"viewBox": f"0 0 {pw} {ph}", "preserveAspectRatio": "none",
-                          "aria-label": "face boxes"}, boxes)),
-            stats([("Faces", str(len(photo.faces))), ("Size", f"{width} × {height}")]),
-            el("h2", {}, "Path" if len(photo.paths) == 1 else "Paths"),
-            [el("p", {"class": "path"}, p) for p in photo.paths],
-            el("h2", {}, "Faces in this photo"), listing]
+            el("div", {"class": "viewer"},
+               el("figure", {"class": "photo"}, image,
+                  el("svg", {"viewBox": f"0 0 {pw} {ph}", "aria-label": "face boxes"}, boxes)),
+               el("aside", {"class": "details"},
+                  stats([("Faces", str(len(photo.faces))), ("Size", f"{width} × {height}")]),
+                  el("h2", {}, "Path" if len(photo.paths) == 1 else "Paths"),
+                  [el("p", {"class": "path"}, p) for p in photo.paths],
+                  el("h2", {}, "Faces in this photo"), listing))]
     return page(f"{name} · {user.user_id}", home + [(name, None)], body, 1)
 
 

@@ -3,8 +3,10 @@
 Why: the report is what users look at. The fixture runs a real detector (dlib HOG + 5-point shape,
 test-only) on real LFW photos: thumbnails are real aligned face chips, previews are real downscaled
 photos, people are LFW identities with distance_to_centre from real dlib embeddings, and faces that are
-background people or identities seen once are left unclustered. Hostile photo names, user ids, person
-names and error messages check that everything is printed as text and nothing runs.
+background people or identities seen once are left unclustered; one user's people are named by
+pipeline.known_people from reference photos. Hostile photo names, user ids, person names and error
+messages check that everything is printed as text and nothing runs. Screenshots of every page visited
+go to test-artifacts/report/ (or $FACEGROUP_ARTIFACTS/report/).
 Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`) and selenium.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from pipeline.known_people import PEOPLE, people_table
 from pipeline.report import build_report, main
 from pipeline.schemas import CLUSTERS, FAILURES, PHOTOS, face_key, faces_schema
 from tests.conftest import REPO, lfw_image
@@ -43,7 +46,9 @@ XSS_FLAG = "<img src=x onerror=window.__xss=1>"
 QUOTED = "holiday/\"quoted\" & 'single' <b>.jpg"
 NON_LATIN = "Фото/北京 — café.jpg"
 HOSTILE_USER = "Zoë \"<b>bold</b>\" & O'Neil"
-PREVIEW_SIDE = 200  # previews are downscaled from 250x250, so face boxes must be scaled by 0.8
+WINDOW = (1280, 900)
+WIDE, WIDE_COMPANION = NON_LATIN, "Hugo_Chavez"  # this photo gets a second person beside the first
+PREVIEW_SIDE = 200  # long side of previews (LFW photos are 250x250): face boxes must be scaled down
 
 # user -> [(LFW identity, photo numbers, photo_path override per number)]
 LIBRARY = {
@@ -54,11 +59,11 @@ LIBRARY = {
                    ("Ariel_Sharon", range(1, 4), {})],
 }
 # Known-people names: alice's come as the optional clusters/ `name` column (one is hostile), the
-# other user's as an optional people/ table (user_id, person_id, name).
+# other user's as an optional people/ table made by pipeline.known_people from reference photos
+# (LFW identity, photo number, name) not in the library, with dlib's same-person distance 0.6.
 NAMES = {"George_W_Bush": "George W. Bush", "Colin_Powell": "Colin Powell", "Donald_Rumsfeld": XSS_FLAG}
-TABLE_NAMES = {"Ariel_Sharon": "Ариэль Шарон"}
-PEOPLE_TABLE = pa.schema([("user_id", pa.string()), ("person_id", pa.int32()), ("name", pa.string()),
-                          ("face_count", pa.int32())])
+KNOWN = [("Ariel_Sharon", 4, "Ариэль Шарон"), ("Hugo_Chavez", 2, "Hugo Chávez")]
+NAME_THRESHOLD, NAME_MARGIN = 0.6, 0.1
 
 
 def _write(out: Path, table: str, schema: pa.Schema, rows: list[dict]) -> None:
@@ -82,6 +87,23 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shaper = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
     encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
     out = tmp_path_factory.mktemp("pipeline-out")
+
+    def embed(rgb: np.ndarray, det: dlib.rectangle) -> tuple[dlib.full_object_detection, np.ndarray, np.ndarray]:
+        """(5 landmarks, 150x150 aligned chip, 128-d embedding) of one detected face."""
+        shape = shaper(rgb, det)
+        chip = dlib.get_face_chip(rgb, shape, size=150, padding=0.25)
+        return shape, chip, np.array(encoder.compute_face_descriptor(chip), np.float32)
+
+    def central(dets: list[dlib.rectangle]) -> int | None:
+        """The face nearest the centre of a 250x250 LFW photo (LFW's subject)."""
+        return min(range(len(dets)), key=lambda i: abs(dets[i].center().x - 125) + abs(dets[i].center().y - 125),
+                   default=None)
+
+    known = []
+    for name, number, _ in KNOWN:
+        rgb = np.asarray(Image.open(lfw_image(lfw, name, number)).convert("RGB"))
+        dets = list(detector(rgb, 1))
+        known.append(embed(rgb, dets[central(dets)])[2])
     for user, identities in LIBRARY.items():
         photos, faces, embeddings, identity_of = [], [], [], []
         for name, numbers, paths in identities:
@@ -89,19 +111,22 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 path = lfw_image(lfw, name, number)
                 data = path.read_bytes()
                 rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-                sha = hashlib.sha256(data).hexdigest()
                 rel = paths.get(number, f"{name}/{path.name}")
+                if rel == WIDE:  # two real photos side by side: a 500x250 photo with two faces
+                    rgb = np.hstack([rgb, np.asarray(Image.open(lfw_image(lfw, WIDE_COMPANION, 1)).convert("RGB"))])
+                    data = _jpeg(rgb)
+                sha = hashlib.sha256(data).hexdigest()
                 dets = list(detector(rgb, 1))
-                centre = min(range(len(dets)), key=lambda i: abs(dets[i].center().x - 125)
-                             + abs(dets[i].center().y - 125), default=None)
-                preview = Image.fromarray(rgb).resize((PREVIEW_SIDE, PREVIEW_SIDE), Image.LANCZOS)
+                centre = central(dets)
+                scale = PREVIEW_SIDE / max(rgb.shape[:2])
+                preview = Image.fromarray(rgb).resize((round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
+                                                      Image.LANCZOS)
                 photos.append(dict(user_id=user, photo_path=rel, photo_sha256=sha,
                                    status="faces" if dets else "no_face", n_faces=len(dets),
                                    width=rgb.shape[1], height=rgb.shape[0], preview=_jpeg(preview)))
                 for i, det in enumerate(dets):
-                    shape = shaper(rgb, det)
-                    chip = dlib.get_face_chip(rgb, shape, size=150, padding=0.25)
-                    embeddings.append(np.array(encoder.compute_face_descriptor(chip), np.float32))
+                    shape, chip, embedding = embed(rgb, det)
+                    embeddings.append(embedding)
                     identity_of.append(name if i == centre and len(numbers) > 1 else None)
                     faces.append(dict(
                         user_id=user, photo_path=rel, photo_sha256=sha, face_index=i, face_key=face_key(sha, i),
@@ -138,9 +163,10 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         _write(out, "clusters", named, clusters)
         _write(out, "failures", FAILURES, [failure])
         if user == HOSTILE_USER:
-            _write(out, "people", PEOPLE_TABLE, [
-                dict(user_id=user, person_id=pid, name=TABLE_NAMES.get(n), face_count=identity_of.count(n))
-                for pid, n in enumerate(people)])
+            named_people = people_table(user, np.array([c["person_id"] for c in clusters]), np.stack(embeddings),
+                                        np.stack(known), np.array([n for _, _, n in KNOWN]), NAME_THRESHOLD,
+                                        NAME_MARGIN)
+            _write(out, "people", PEOPLE, named_people.to_pylist())
     # A user whose only photo failed still gets a row on the index.
     _write(out, "photos", PHOTOS, [dict(user_id="carol", photo_path="scan.heic", photo_sha256=None,
                                         status="failed", n_faces=0, width=None, height=None, preview=None)])
@@ -173,10 +199,14 @@ def _expected(out: Path) -> dict[str, dict[str, int]]:
     return result
 
 
+def _rows(out: Path, table: str, user: str) -> list[dict]:
+    """One user's rows of a table, read straight from its Parquet file."""
+    return pq.read_table(next((out / table).glob(f"user_id={quote(user, safe='')}/*.parquet"))).to_pylist()
+
+
 def _person_sizes(out: Path, user: str) -> list[int]:
     """Face counts of the user's people, largest first, from clusters/."""
-    rows = pq.read_table(next((out / "clusters").glob(f"user_id={quote(user, safe='')}/*.parquet"))).to_pylist()
-    pids = [r["person_id"] for r in rows if r["person_id"] >= 0]
+    pids = [r["person_id"] for r in _rows(out, "clusters", user) if r["person_id"] >= 0]
     return sorted((pids.count(p) for p in set(pids)), reverse=True)
 
 
@@ -194,7 +224,7 @@ def test_fixture_is_real(library: Path) -> None:
     counts = _expected(library)
     assert counts["alice"]["people"] >= 4 and counts["alice"]["faces"] >= 20
     assert counts[HOSTILE_USER]["people"] == 2
-    statuses = pq.read_table(next((library / "photos").glob("user_id=alice/*.parquet"))).column("status").to_pylist()
+    statuses = [r["status"] for r in _rows(library, "photos", "alice")]
     assert statuses.count("no_face") == 1 and statuses.count("failed") == 1
     assert counts["alice"]["unclustered"] >= 2 and counts["carol"] == dict(photos=1, faces=0, people=0,
                                                                              unclustered=0, failures=1)
@@ -252,7 +282,7 @@ def browser(report: Path):
     opts.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -266,40 +296,81 @@ def browser(report: Path):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _settle(driver: webdriver.Chrome, shot: str) -> None:
-    """Check the page ran nothing and logged no error, that its visible images decoded; save a screenshot."""
-    assert driver.execute_script("return window.__xss === undefined")
-    with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text
-    broken = driver.execute_script(
-        "return [...document.images].filter(i => i.loading !== 'lazy' || i.getBoundingClientRect().top"
-        " < innerHeight).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
-    assert not broken, broken
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
-    assert not errors, errors
-    driver.save_screenshot(str(ARTIFACTS / f"{shot}.png"))
-
-
 def _wait_images(driver: webdriver.Chrome) -> None:
+    """Wait until the images inside the viewport have loaded (or failed)."""
     driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "Promise.all([...document.images].filter(i => i.getBoundingClientRect().top < innerHeight)"
         ".map(i => i.decode().catch(() => 0))).then(() => done())")
 
 
-def _all_pages(driver: webdriver.Chrome, selector: str) -> int:
-    """Count `selector` over a listing and every page its pager links to."""
-    start = driver.current_url
-    urls = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, ".pager a")]
-    total = len(driver.find_elements(By.CSS_SELECTOR, selector))
-    for url in dict.fromkeys(urls):
+def _settle(driver: webdriver.Chrome, shot: str) -> None:
+    """Check the page ran nothing, logged no error and decoded every image; save a full-page screenshot.
+
+    The window is stretched to the page's height first, so lazy images below the fold load and are
+    checked too, and the screenshot shows the whole page.
+    """
+    try:
+        for _ in range(3):  # the page may grow with the window (photos sized by viewport height)
+            width, height = driver.execute_script("return [outerWidth, outerHeight - innerHeight"
+                                                  " + document.documentElement.scrollHeight]")
+            if height <= driver.get_window_size()["height"]:
+                break
+            driver.set_window_size(width, min(height, 4000))
+            _wait_images(driver)
+        assert driver.execute_script("return window.__xss === undefined")
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text
+        broken = driver.execute_script(
+            "return [...document.images].filter(i => i.loading !== 'lazy' || i.getBoundingClientRect().top"
+            " < innerHeight).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        assert not broken, broken
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert not errors, errors
+        driver.save_screenshot(str(ARTIFACTS / f"{shot}.png"))
+    finally:
+        driver.set_window_size(*WINDOW)
+
+
+def _assert_boxes_on_faces(driver: webdriver.Chrome, boxes: list[list[float]], width: int) -> None:
+    """Each face box drawn on the photo page sits where its face is shown on screen.
+
+    boxes: x1,y1,x2,y2 in original photo pixels (photo `width` px wide), in face_index order. The photo
+    may be shown scaled and letterboxed (object-fit: contain): its content box is computed from the
+    image's natural size and its element's size.
+    """
+    shown = driver.execute_script("""
+        const img = document.querySelector('.photo img'), r = img.getBoundingClientRect();
+        const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+        return {left: r.left + (r.width - img.naturalWidth * s) / 2, top: r.top + (r.height - img.naturalHeight * s) / 2,
+                scale: s * img.naturalWidth, rects: [...document.querySelectorAll('.photo rect.box')].map(e => {
+                  const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; })};""")
+    k = shown["scale"] / width
+    assert len(shown["rects"]) == len(boxes)
+    for rect, box in zip(shown["rects"], boxes):
+        assert rect == pytest.approx([shown["left"] + box[0] * k, shown["top"] + box[1] * k,
+                                      shown["left"] + box[2] * k, shown["top"] + box[3] * k], abs=1.0)
+
+
+def _over_pages(driver: webdriver.Chrome, selector: str, attr: str | None = None) -> list[tuple[str, str | None]]:
+    """(text or `attr`, href) of every `selector` element on a listing and the pages its pager links to,
+    in page order (start on the listing's first page)."""
+    start, found = driver.current_url, []
+    for url in [start] + list(dict.fromkeys(a.get_attribute("href")
+                                            for a in driver.find_elements(By.CSS_SELECTOR, ".pager a"))):
         driver.get(url)
-        total += len(driver.find_elements(By.CSS_SELECTOR, selector))
+        found += [(e.get_attribute(attr) if attr else e.text, e.get_attribute("href"))
+                  for e in driver.find_elements(By.CSS_SELECTOR, selector)]
     driver.get(start)
-    return total
+    return found
 
 
-def test_browse_people_in_chromium(browser, library: Path) -> None:
+def _served(report: Path, url: str) -> bytes:
+    """The bytes of the report file behind a URL of the local server."""
+    return (report / unquote(urlsplit(url).path).lstrip("/")).read_bytes()
+
+
+def test_browse_people_in_chromium(browser, library: Path, report: Path) -> None:
     driver, base = browser
     expected = _expected(library)
     driver.get(base + "index.html")
@@ -314,24 +385,35 @@ def test_browse_people_in_chromium(browser, library: Path) -> None:
 
     rows["alice"].find_element(By.CSS_SELECTOR, ".user-id a").click()
     _wait_images(driver)
-    assert _all_pages(driver, "li.card") == expected["alice"]["people"]
+    assert len(_over_pages(driver, "li.card")) == expected["alice"]["people"]
     stat = {d.find_element(By.TAG_NAME, "dt").text.lower(): d.find_element(By.TAG_NAME, "dd").text
             for d in driver.find_elements(By.CSS_SELECTOR, ".stat")}
     assert int(stat["people"]) == expected["alice"]["people"] and int(stat["faces"]) == expected["alice"]["faces"]
     assert int(stat["photos"]) == expected["alice"]["photos"] and int(stat["no face"]) == 1
     sizes = [int(c.text.split()[0]) for c in driver.find_elements(By.CSS_SELECTOR, "li.card .count")]
     assert sizes == _person_sizes(library, "alice")[:len(sizes)]  # largest first
-    assert driver.find_elements(By.CSS_SELECTOR, ".chart svg rect.bar")
+    bars = [int(t.text or 0) for t in driver.find_elements(By.CSS_SELECTOR, ".chart svg text.n")]
+    assert len(bars) >= 3 and sum(bars) == expected["alice"]["people"]
     assert len(driver.find_elements(By.CSS_SELECTOR, "#unclustered + ul li.face")) == expected["alice"]["unclustered"]
     assert "cannot identify image file" in driver.find_element(By.CSS_SELECTOR, "table.failures").text
     _settle(driver, "02-user-alice")
 
+    # George W. Bush's faces, closest to the cluster centre first, straight from Parquet.
+    faces = {f["face_key"]: f for f in _rows(library, "faces", "alice")}
+    bush = [faces[c["face_key"]] for c in sorted(_rows(library, "clusters", "alice"),
+                                                  key=lambda c: c["distance_to_centre"])
+            if c["name"] == "George W. Bush"]
     card = driver.find_elements(By.CSS_SELECTOR, "li.card")[0]
     assert card.find_element(By.CSS_SELECTOR, ".name").text == "George W. Bush"
+    assert _served(report, card.find_element(By.CSS_SELECTOR, "img.avatar").get_attribute("src")) \
+        == bush[0]["thumbnail"]  # the representative face is the one closest to the centre
+    assert [_served(report, i.get_attribute("src")) for i in card.find_elements(By.CSS_SELECTOR, ".strip img")] \
+        == [f["thumbnail"] for f in bush[1:5]]
     card.find_element(By.TAG_NAME, "a").click()
     _wait_images(driver)
     assert driver.find_element(By.TAG_NAME, "h1").text == "George W. Bush"
-    assert _all_pages(driver, "li.face") == sizes[0] == 6  # 6 photos of George W. Bush, 4 per page
+    assert [t for t, _ in _over_pages(driver, "li.face a", "title")] == [f["photo_path"] for f in bush]
+    assert len(bush) == sizes[0] == 6  # 6 photos of George W. Bush, on 2 pages of 4
     _settle(driver, "03-person")
 
     tile = driver.find_elements(By.CSS_SELECTOR, "li.face a")[0]
@@ -340,29 +422,18 @@ def test_browse_people_in_chromium(browser, library: Path) -> None:
     _wait_images(driver)
     target = urlsplit(driver.current_url).fragment
     rect = driver.find_element(By.CSS_SELECTOR, f"svg rect#{target}")
-    faces = pq.read_table(next((library / "faces").glob("user_id=alice/*.parquet"))).to_pylist()
-    box = next(f["box"] for f in faces if f["photo_path"] == photo_path and f"f{f['face_index']}" == target)
+    box = next(f["box"] for f in faces.values() if f["photo_path"] == photo_path and f"f{f['face_index']}" == target)
     drawn = [float(rect.get_attribute(k)) for k in ("x", "y", "width", "height")]
     scale = PREVIEW_SIDE / 250
     assert drawn == pytest.approx([box[0] * scale, box[1] * scale, (box[2] - box[0]) * scale,
                                    (box[3] - box[1]) * scale], abs=0.06)
     assert driver.execute_script("return getComputedStyle(arguments[0]).stroke", rect) == "rgb(239, 68, 68)"
+    _assert_boxes_on_faces(driver, [f["box"] for f in sorted(faces.values(), key=lambda f: f["face_index"])
+                                    if f["photo_path"] == photo_path], 250)
     _settle(driver, "04-photo")
 
 
-def _texts(driver: webdriver.Chrome, selector: str, attr: str | None = None) -> dict[str, str]:
-    """Text (or `attr`) -> href of `selector` links on a listing and every page its pager links to."""
-    start, found = driver.current_url, {}
-    for url in [start] + list(dict.fromkeys(a.get_attribute("href")
-                                            for a in driver.find_elements(By.CSS_SELECTOR, ".pager a"))):
-        driver.get(url)
-        found.update({(a.get_attribute(attr) if attr else a.text): a.get_attribute("href")
-                      for a in driver.find_elements(By.CSS_SELECTOR, selector)})
-    driver.get(start)
-    return found
-
-
-def test_hostile_names_show_as_text(browser) -> None:
+def test_hostile_names_show_as_text(browser, library: Path) -> None:
     driver, base = browser
     driver.get(base + "index.html")
     driver.find_element(By.LINK_TEXT, HOSTILE_USER).click()
@@ -376,9 +447,9 @@ def test_hostile_names_show_as_text(browser) -> None:
     _settle(driver, "05-user-hostile")
 
     photos = {}
-    for person in _texts(driver, "li.card a", "href").values():
+    for person in dict(_over_pages(driver, "li.card a", "href")):
         driver.get(person)
-        photos.update(_texts(driver, "li.face a", "title"))
+        photos.update(_over_pages(driver, "li.face a", "title"))
     for i, name in enumerate((XSS_ALERT, QUOTED, NON_LATIN)):
         driver.get(photos[name])
         _wait_images(driver)
@@ -387,9 +458,22 @@ def test_hostile_names_show_as_text(browser) -> None:
         assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"], script').length") == 0
         _settle(driver, f"06-photo-hostile-{i}")
 
+    # The wide photo's two boxes stay on their faces, also in a narrow window where it is letterboxed.
+    wide = sorted((f for f in _rows(library, "faces", HOSTILE_USER) if f["photo_path"] == WIDE),
+                  key=lambda f: f["face_index"])
+    assert len(wide) == 2
+    driver.get(photos[WIDE])
+    for size in (WINDOW, (560, 900)):
+        driver.set_window_size(*size)
+        _wait_images(driver)
+        _assert_boxes_on_faces(driver, [f["box"] for f in wide], 500)
+    assert driver.execute_script("const i = document.querySelector('.photo img');"
+                                 "return i.height / i.width - i.naturalHeight / i.naturalWidth") > 0.1
+    _settle(driver, "06-photo-wide-narrow")
+
     driver.get(base + "index.html")
     driver.find_element(By.LINK_TEXT, "alice").click()
-    assert XSS_FLAG in _texts(driver, "li.card .name")  # a hostile known-person name
+    assert XSS_FLAG in dict(_over_pages(driver, "li.card .name"))  # a hostile known-person name
     _settle(driver, "07-user-alice-names")
 
 
