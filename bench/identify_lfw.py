@@ -37,7 +37,7 @@ from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
 from bench.lfw_verify import best_threshold, pair_distances  # noqa: E402
 from models.embedders import get_embedder  # noqa: E402
 from pipeline.cluster import cluster_faces  # noqa: E402
-from pipeline.known_people import cluster_centroids, name_distances  # noqa: E402
+from pipeline.naming import cluster_centroids, name_distances  # noqa: E402
 
 #: Naming may give a wrong name to at most this fraction of the dev clusters.
 MAX_WRONG_NAME_RATE = 0.005

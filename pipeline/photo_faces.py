@@ -30,7 +30,7 @@ class PhotoFaces:
     """Every face found in one photo, by descending detection score (the face index order).
 
     image: (H,W,3) uint8 RGB in displayed orientation; detections: boxes (n,4), scores (n,),
-    landmarks (n,5,2) in `image` pixels, scores >= the pipeline's --min_det_score default;
+    landmarks (n,5,2) in `image` pixels, scores >= min_det_score (photo_faces);
     chips: (n,S,S,3) uint8 aligned for the embedder; embeddings: (n,D) float32 unit norm.
     """
 
@@ -58,18 +58,20 @@ def read_photo(path: str | Path, max_detect_side: int = MAX_DETECT_SIDE) -> tupl
     return image, detect_image
 
 
-def detect_faces(image: np.ndarray, detect_image: np.ndarray, detector: MTCNN) -> ScaledDetections:
+def detect_faces(image: np.ndarray, detect_image: np.ndarray, detector: MTCNN,
+                 min_det_score: float = DEFAULT_MIN_DET_SCORE) -> ScaledDetections:
     """Confident faces found in detect_image (h,w,3), in image (H,W,3) pixels, by descending
     score: the same selection and order (face_index) as the pipeline's."""
-    det = confident(detector.detect([detect_image])[0], DEFAULT_MIN_DET_SCORE)
+    det = confident(detector.detect([detect_image])[0], min_det_score)
     return full_resolution(det, (image.shape[1] / detect_image.shape[1], image.shape[0] / detect_image.shape[0]))
 
 
-def photo_faces(path: str | Path, detector: MTCNN, embedder: Embedder,
-                max_detect_side: int = MAX_DETECT_SIDE) -> PhotoFaces:
-    """Read the photo at `path`, then detect, align and embed every face in it."""
+def photo_faces(path: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = MAX_DETECT_SIDE,
+                min_det_score: float = DEFAULT_MIN_DET_SCORE) -> PhotoFaces:
+    """Read the photo at `path`, then detect, align and embed every face in it (defaults:
+    the pipeline's; a run's own --max_detect_side and --min_det_score may be passed)."""
     image, detect_image = read_photo(path, max_detect_side)
-    det = detect_faces(image, detect_image, detector)
+    det = detect_faces(image, detect_image, detector, min_det_score)
     chips = align_faces(image, det, embedder.align)
     embeddings = embedder.embed(chips) if len(chips) else np.zeros((0, embedder.dim), np.float32)
     return PhotoFaces(image, det, chips, embeddings)
