@@ -4,8 +4,9 @@ Folder layout, one of (decided by where the photos are; mixing the two is an err
   DIR/<name>/<photo>            known people shared by every user;
   DIR/<user_id>/<name>/<photo>  each user's own known people (users without a folder get none).
 Hidden files and folders and files that are not photos (by extension) are ignored. The face
-of a reference photo is its largest detected face (ties: the most central); photos that
-cannot be read or show no face are skipped and listed in `KnownPeople.skipped`.
+of a reference photo is the detected face covering most of the photo (ties: the most
+central; photo_faces.largest_face); photos that cannot be read (broken links included) or
+show no face are skipped and listed in `KnownPeople.skipped`.
 A run loads the folder once, on the launching machine (`load_naming`), with the run's
 detector options and embedder, and names its clusters by pipeline.naming.
 """
@@ -20,10 +21,12 @@ from models.mtcnn import MTCNN
 from pipeline.inference import InferenceSettings
 from pipeline.naming import KnownPeople, Naming
 from pipeline.options import DEFAULT_MIN_DET_SCORE
-from pipeline.photo_faces import MAX_DETECT_SIDE, largest_face, photo_faces
+from pipeline.photo_faces import MAX_DETECT_SIDE, faces_in, largest_face, read_photo
 from pipeline.thresholds import thresholds_for
 from pipeline.users import user_id_problem
 
+#: Reference photos detected together (their full-resolution pixels are kept for alignment).
+READ_BATCH = 8
 #: File name extensions read as reference photos (lower case).
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
                               ".heic", ".heif"})
@@ -38,8 +41,8 @@ def reference_photos(root: Path) -> list[tuple[str | None, str, Path]]:
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         hidden = any(part.startswith(".") for part in rel.parts)
-        if hidden or path.suffix.lower() not in PHOTO_EXTENSIONS or not path.is_file():
-            continue
+        if hidden or path.suffix.lower() not in PHOTO_EXTENSIONS or path.is_dir():
+            continue  # broken links stay: they are skipped, with a reason, when read
         depths.add(len(rel.parts))
         if len(rel.parts) == 2:
             found.append((None, rel.parts[0], path))
@@ -61,24 +64,29 @@ def reference_photos(root: Path) -> list[tuple[str | None, str, Path]]:
 def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = MAX_DETECT_SIDE,
                       min_det_score: float = DEFAULT_MIN_DET_SCORE) -> KnownPeople:
     """Embed the largest face of every reference photo under `root` with `embedder`
-    (detection options as in photo_faces: a run passes its own)."""
+    (detection options as in photo_faces: a run passes its own), READ_BATCH photos at a time."""
     root = Path(root)
     embeddings, names, user_ids, paths, skipped = [], [], [], [], []
-    for user_id, name, path in reference_photos(root):
-        rel = path.relative_to(root).as_posix()
-        try:
-            faces = photo_faces(path, detector, embedder, max_detect_side, min_det_score)
-        except ValueError as exc:
-            skipped.append((rel, str(exc)))
-            continue
-        i = largest_face(faces.detections, faces.image.shape[1], faces.image.shape[0])
-        if i is None:
-            skipped.append((rel, "no face detected"))
-            continue
-        embeddings.append(faces.embeddings[i])
-        names.append(name)
-        user_ids.append(user_id)
-        paths.append(rel)
+    refs = reference_photos(root)
+    for start in range(0, len(refs), READ_BATCH):
+        photos, readable = [], []
+        for user_id, name, path in refs[start:start + READ_BATCH]:
+            rel = path.relative_to(root).as_posix()
+            try:
+                photos.append(read_photo(path, max_detect_side))
+            except (OSError, ValueError) as exc:
+                skipped.append((rel, str(exc)))
+                continue
+            readable.append((user_id, name, rel))
+        for (user_id, name, rel), faces in zip(readable, faces_in(photos, detector, embedder, min_det_score)):
+            i = largest_face(faces.detections, faces.image.shape[1], faces.image.shape[0])
+            if i is None:
+                skipped.append((rel, "no face detected"))
+                continue
+            embeddings.append(faces.embeddings[i])
+            names.append(name)
+            user_ids.append(user_id)
+            paths.append(rel)
     if not embeddings:
         raise ValueError(f"--known_people: no face found in any photo under {root}")
     return KnownPeople(embedder.version, np.stack(embeddings).astype(np.float32), np.array(names),

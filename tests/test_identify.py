@@ -31,7 +31,7 @@ from pipeline import schemas, search, verify
 from pipeline.decode import encode_jpeg
 from pipeline.known_people import load_known_people, reference_photos
 from pipeline.naming import people_table
-from pipeline.photo_faces import photo_faces
+from pipeline.photo_faces import largest_face, photo_faces
 from pipeline.report import digest
 from pipeline.run import run
 from pipeline.thresholds import thresholds_for
@@ -109,21 +109,38 @@ def naming_runs(pool, tmp_path_factory):
     args = ["--input", str(base / "library"), "--output", str(out), "--runner", "DirectRunner",
             "--direct_num_workers", "1"]
     first = run(args + ["--known_people", str(named_dir)])
-    tables1 = {(t, u): read(out, t, u) for t in ("photos", "clusters", "people") for u in truth}
+    tables1 = {(t, u): read(out, t, u) for t in ("photos", "faces", "clusters", "people") for u in truth}
     pages = {u: (out / "report" / f"u-{digest(u, 16)}" / "index.html").read_text(encoding="utf-8") for u in truth}
     second = run(args + ["--known_people", str(absent_dir)])
     tables2 = {(t, u): read(out, t, u) for t in ("clusters", "people") for u in truth}
     return truth, known, (first, tables1, pages), (second, tables2)
 
 
-def cluster_identities(clusters: pa.Table, photos: pa.Table, truth: dict[str, str]) -> dict[int, str]:
-    """person_id -> the LFW identity of most of its faces."""
-    path_of = dict(zip(photos.column("photo_sha256").to_pylist(), photos.column("photo_path").to_pylist()))
+def labelled_faces(faces: pa.Table, photos: pa.Table, truth: dict[str, str]) -> dict[str, str]:
+    """face_key -> LFW identity of each photo's labelled face (the face nearest the photo
+    centre, as LFW crops them); other faces are people in the background, of no known identity."""
+    photo = {p["photo_sha256"]: p for p in photos.to_pylist()}
+    by_photo: dict[str, list[dict]] = {}
+    for f in sorted(faces.to_pylist(), key=lambda f: f["face_index"]):
+        by_photo.setdefault(f["photo_sha256"], []).append(f)
+    out = {}
+    for sha, found in by_photo.items():
+        det = Detections(np.array([f["box"] for f in found], np.float32), np.array([f["det_score"] for f in found]),
+                         np.array([f["landmarks"] for f in found], np.float32).reshape(-1, 5, 2))
+        p = photo[sha]
+        out[found[centre_face(det, p["width"], p["height"])]["face_key"]] = truth[p["photo_path"]]
+    return out
+
+
+def cluster_identities(clusters: pa.Table, labelled: dict[str, str]) -> dict[int, str | None]:
+    """person_id -> the identity of most of its labelled faces (None: background faces only)."""
     votes: dict[int, list[str]] = {}
     for c in clusters.to_pylist():
         if c["person_id"] >= 0:
-            votes.setdefault(c["person_id"], []).append(truth[path_of[c["photo_sha256"]]])
-    return {pid: max(sorted(set(v)), key=v.count) for pid, v in votes.items()}
+            votes.setdefault(c["person_id"], [])
+            if c["face_key"] in labelled:
+                votes[c["person_id"]].append(labelled[c["face_key"]])
+    return {pid: max(sorted(set(v)), key=v.count) if v else None for pid, v in votes.items()}
 
 
 def test_known_people_name_exactly_their_clusters(naming_runs, embedder):
@@ -135,7 +152,8 @@ def test_known_people_name_exactly_their_clusters(naming_runs, embedder):
         assert people.schema.equals(schemas.PEOPLE, check_metadata=False)
         rule = json.loads(people.schema.metadata[schemas.NAMING_KEY])
         assert (rule["threshold"], rule["margin"], rule["known_names"]) == (t.name, t.margin, 3)
-        identity = cluster_identities(clusters, tables["photos", user], truth[user])
+        labelled = labelled_faces(tables["faces", user], tables["photos", user], truth[user])
+        identity = cluster_identities(clusters, labelled)
         rows = {r["person_id"]: r for r in people.to_pylist()}
         assert sorted(rows) == sorted(identity) and len(rows) >= 3
         for pid, r in rows.items():
@@ -177,6 +195,18 @@ def test_one_person_under_two_names_is_named_neither(pool, tmp_path, detector, e
     once = people_table("u", np.zeros(4, int), x, emb[names == "A"], names[names == "A"], t.name, t.margin)
     twice = people_table("u", np.zeros(4, int), x, emb, names, t.name, t.margin)
     assert once.column("name").to_pylist() == ["A"] and twice.column("name").to_pylist() == [None]
+
+
+def test_reference_face_is_the_largest_visible_one(lfw, detector, embedder):
+    """Ali_Naimi_0008 shows him in the middle and, cut by the photo's edge, a face whose
+    box is larger but reaches outside the photo: his face is the one used."""
+    faces = photo_faces(lfw / "Ali_Naimi" / "Ali_Naimi_0008.jpg", detector, embedder)
+    b = faces.detections.boxes
+    chosen = largest_face(faces.detections, 250, 250)
+    widest = int(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax())
+    assert widest != chosen and ((b[widest] < 0) | (b[widest] > 250)).any()
+    det = faces.detections
+    assert chosen == centre_face(Detections(det.boxes, det.scores, det.landmarks), 250, 250)
 
 
 def test_known_people_layouts(tmp_path, lfw):
@@ -299,7 +329,10 @@ def test_verify_agrees_with_lfw_labels(lfw, detector, embedder):
     """The command's own path (largest face of each photo) on 500 seeded View-2 pairs."""
     pairs = verify_sample(lfw)
     paths = sorted({p for a, b, _ in pairs for p in (a, b)})
-    e = {p: verify.main_face(p, detector, embedder)[0] for p in paths}
+    e = {}
+    for start in range(0, len(paths), 64):  # batched as the command batches its two photos
+        batch = paths[start:start + 64]
+        e.update(zip(batch, (emb for emb, _ in verify.main_faces(batch, detector, embedder))))
     t = thresholds_for(embedder.version).verify
     agree = [verify.same_person(float(np.linalg.norm(e[a] - e[b])), t) == same for a, b, same in pairs]
     assert len(pairs) == 500 and np.mean(agree) >= 0.99, np.mean(agree)
