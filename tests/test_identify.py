@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,13 @@ from models.weights import file_sha256
 from models.mtcnn import MTCNN, Detections, centre_face
 from pipeline import schemas, search, verify
 from pipeline.decode import encode_jpeg
-from pipeline.known_people import load_known_people, reference_photos
+from pipeline.inference import InferenceSettings, describe_embedder
+from pipeline.known_people import load_known_people, load_naming, reference_photos
 from pipeline.naming import people_table
+from pipeline.outputs import WriteUserTables
 from pipeline.photo_faces import largest_face, photo_faces
 from pipeline.report import digest
-from pipeline.run import run
+from pipeline.run import main, run
 from pipeline.thresholds import thresholds_for
 from pipeline.users import user_folder
 
@@ -207,6 +210,24 @@ def test_reference_face_is_the_largest_visible_one(lfw, detector, embedder):
     assert widest != chosen and ((b[widest] < 0) | (b[widest] > 250)).any()
     det = faces.detections
     assert chosen == centre_face(Detections(det.boxes, det.scores, det.landmarks), 250, 250)
+
+
+def test_known_people_refuse_other_embedder_versions_and_missing_folders(lfw, tmp_path, capsys):
+    """Distances from another embedder version mean nothing: refused before any run."""
+    folder = copy_photos(tmp_path / "known", {"Aaron": [lfw / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"]})
+    info = describe_embedder("dlib-resnet", None)
+    other = InferenceSettings(replace(info, version="dlib-v1-000000000000/lm150-v1"), 20, 0.9, 1600)
+    with pytest.raises(ValueError, match="but the run embeds with dlib-v1-000000000000"):
+        load_naming(str(folder), other, None)
+    naming = load_naming(str(folder), InferenceSettings(info, 20, 0.9, 1600), None)
+    assert naming.known.names.tolist() == ["Aaron"] and naming.threshold == thresholds_for(info.version).name
+    with pytest.raises(ValueError, match="cannot name faces embedded with dlib-v1-000000000000"):
+        WriteUserTables(str(tmp_path / "out"), "run", other, "agglomerative", naming)
+    with pytest.raises(ValueError, match="no thresholds derived for embedder version 'dlib-v1-000000000000"):
+        thresholds_for(other.embedder.version)
+    assert main(["--input", str(lfw / "Aaron_Peirsol"), "--output", str(tmp_path / "out"),
+                 "--known_people", str(tmp_path / "missing")]) == 2
+    assert f"--known_people folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
 
 
 def test_known_people_layouts(tmp_path, lfw):
