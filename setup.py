@@ -23,7 +23,6 @@ setup(
         "pyarrow>=14",
         "face_recognition_models==0.3.0",
         "tqdm>=4.60",
-        "infomap>=2.7",
     ],
     extras_require={
         "heic": ["pillow-heif>=0.16"],

@@ -40,7 +40,6 @@ GRIDS: dict[str, list[dict]] = {
     "agglomerative": [{"distance_threshold": float(t), "size_prior": b}
                       for b in (0.0, 0.005, 0.01, 0.015) for t in np.round(np.arange(0.30, 0.405, 0.01), 2)],
     "hdbscan": [{"min_samples": s, "cluster_selection_method": m} for s in (1, 2, 3) for m in ("eom", "leaf")],
-    "infomap": [{"max_distance": float(t), "n_neighbors": k} for k in (10, 20) for t in (0.32, 0.34, 0.36, 0.38)],
 }
 
 

@@ -7,7 +7,7 @@ labelled as the same person), which the output says. Each run happens in a fresh
 so that its peak RSS is its own; BLAS/OpenMP are limited to --threads cores.
 
     python bench/cluster_scale.py                            # default method, 10k/30k/100k
-    python bench/cluster_scale.py --methods agglomerative,hdbscan,infomap --sizes 10000,30000
+    python bench/cluster_scale.py --methods agglomerative,hdbscan --sizes 10000,30000
 """
 from __future__ import annotations
 

@@ -65,6 +65,18 @@ class ChannelAffine(nn.Module):
         return torch.addcmul(self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
 
 
+def conv_affine(x: torch.Tensor, conv: nn.Conv2d, affine: ChannelAffine) -> torch.Tensor:
+    """affine(conv(x)) as one convolution, the per-channel scale and shift folded into the
+    kernel and bias: the same function to float rounding (autograd included) without a pass
+    over the activations. The kernel takes x's memory layout, so that a channels-last x is
+    not met by a kernel re-laid out inside every call."""
+    layout = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+              else torch.contiguous_format)
+    weight = (conv.weight * affine.weight.view(-1, 1, 1, 1)).contiguous(memory_format=layout)
+    bias = torch.addcmul(affine.bias, conv.bias, affine.weight)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding)
+
+
 class ResidualBlock(nn.Module):
     """dlib `ares` (down=False) or `ares_down` (down=True): relu(shortcut + block(x)), where
     block = affine(conv3x3(relu(affine(conv3x3/stride(x))))) and the shortcut is x, or a 2x2
@@ -80,9 +92,15 @@ class ResidualBlock(nn.Module):
         self.affine2 = ChannelAffine(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+        y = F.relu(conv_affine(x, self.conv1, self.affine1), inplace=True)
+        y = conv_affine(y, self.conv2, self.affine2)
         shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
-        return F.relu(add_zero_padded(shortcut, y))
+        c, h, w = shortcut.shape[1:]
+        if y.shape[1] >= c and y.shape[2] >= h and y.shape[3] >= w:
+            y[:, :c, :h, :w] += shortcut  # y is fresh: add in place, zero beyond the shortcut
+        else:
+            y = add_zero_padded(shortcut, y)
+        return F.relu(y, inplace=True)
 
 
 def _blocks() -> list[tuple[int, int, bool]]:
@@ -109,7 +127,7 @@ class DlibResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, CHIP_SIZE, CHIP_SIZE):
             raise ValueError(f"input must be (N,3,{CHIP_SIZE},{CHIP_SIZE}), got {tuple(x.shape)}")
-        x = F.max_pool2d(F.relu(self.stem_affine(self.stem_conv(x))), 3, 2)
+        x = F.max_pool2d(F.relu(conv_affine(x, self.stem_conv, self.stem_affine), inplace=True), 3, 2)
         for block in self.blocks:
             x = block(x)
         return self.fc(x.mean(dim=(2, 3)))

@@ -145,8 +145,9 @@ def preprocess(chips: np.ndarray, embedder: Embedder, device: torch.device) -> t
 
 class Features:
     """What the trainable head consumes for every face: the frozen trunk's output, computed
-    once (also for the mirrored chip when `flip`), or, when nothing is frozen, the chips
-    themselves, mirrored and preprocessed batch by batch.
+    once (also for the mirrored chip when `flip` augments training or the embedder averages
+    each face with its mirror), or, when nothing is frozen, the chips themselves, mirrored
+    and preprocessed batch by batch.
 
     batch(idx (B,), flips (B,) bool or None) -> (B,...) float tensor on the device.
     """
@@ -155,12 +156,13 @@ class Features:
                  device: torch.device, flip: bool = False, batch_size: int = 64,
                  desc: str = "features") -> None:
         self.embedder, self.device, self.flip = embedder, device, flip
+        self.mirrored = flip or embedder.config.flip
         self.chips = chips
         self.cache: torch.Tensor | None = None  # (views, N, ...) trunk outputs
         if len(split.trunk) == 0:
             return
         views = []
-        for view in [chips] + ([chips[:, :, ::-1]] if flip else []):
+        for view in [chips] + ([chips[:, :, ::-1]] if self.mirrored else []):
             parts = []
             with torch.inference_mode():
                 for start in tqdm(range(0, len(view), batch_size), desc=desc, leave=False,
@@ -175,8 +177,8 @@ class Features:
 
     def batch(self, idx: np.ndarray, flips: np.ndarray | None = None) -> torch.Tensor:
         """Head input for faces idx, each from its mirrored chip where flips is true (only
-        when built with flip)."""
-        flips = np.zeros(len(idx), bool) if flips is None or not self.flip else flips
+        when built with mirrored chips)."""
+        flips = np.zeros(len(idx), bool) if flips is None or not self.mirrored else flips
         if self.cache is not None:
             return self.cache[torch.from_numpy(flips.astype(np.int64)), torch.from_numpy(idx)].to(self.device)
         chips = self.chips[idx]
@@ -186,13 +188,16 @@ class Features:
 
 @torch.no_grad()
 def embed_features(split: SplitNetwork, features: Features, batch_size: int = 256) -> np.ndarray:
-    """(N,D) float32 unit embeddings of every face through the head in eval mode."""
+    """(N,D) float32 unit embeddings of every face through the head in eval mode, as the
+    embedder makes them (averaged with the mirrored chip's when it flips)."""
     was_training = split.head.training
     split.head.eval()
+    views = (False, True) if features.embedder.config.flip else (False,)
     out = []
     for start in range(0, len(features), batch_size):
         idx = np.arange(start, min(start + batch_size, len(features)))
-        out.append(F.normalize(split.head(features.batch(idx)), dim=1).cpu())
+        y = sum(split.head(features.batch(idx, np.full(len(idx), view))) for view in views)
+        out.append(F.normalize(y, dim=1).cpu())
     split.head.train(was_training)
     return torch.cat(out).numpy()
 

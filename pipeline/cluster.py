@@ -73,7 +73,7 @@ class AgglomerativeFaces:
     fit(x) sets labels_ (N,) int64, -1 for faces left alone.
     """
 
-    def __init__(self, distance_threshold: float = 0.38, size_prior: float = 0.01, n_neighbors: int = 30):
+    def __init__(self, distance_threshold: float = 0.37, size_prior: float = 0.005, n_neighbors: int = 30):
         self.distance_threshold = distance_threshold
         self.size_prior = size_prior
         self.n_neighbors = n_neighbors
@@ -216,40 +216,7 @@ class HDBSCANFaces:
         return self.fit(x).labels_
 
 
-class InfomapFaces:
-    """Infomap community detection (the `infomap` package) on the kNN graph of x (N,D).
-
-    Edges shorter than `max_distance` are kept with weight 1 - d / max_distance, so a
-    random walker stays among faces that are mutually close. fit(x) sets labels_ (N,)
-    int64, -1 for faces alone in their module.
-    """
-
-    def __init__(self, max_distance: float = 0.36, n_neighbors: int = 20, seed: int = 1):
-        self.max_distance = max_distance
-        self.n_neighbors = n_neighbors
-        self.seed = seed
-
-    def fit(self, x: np.ndarray) -> "InfomapFaces":
-        import infomap
-
-        n = len(x)
-        labels = np.full(n, -1, dtype=np.int64)
-        ei, ej, ed = knn_edges(x, self.n_neighbors)
-        keep = ed < self.max_distance
-        if keep.any():
-            im = infomap.Infomap(silent=True, two_level=True, seed=self.seed, num_trials=1)
-            weights = 1.0 - ed[keep] / self.max_distance
-            im.add_links(zip(ei[keep].tolist(), ej[keep].tolist(), weights.tolist()))
-            for node, module in im.run().modules().items():
-                labels[node] = module
-        self.labels_ = _singletons_to_noise(labels)
-        return self
-
-    def fit_predict(self, x: np.ndarray) -> np.ndarray:
-        return self.fit(x).labels_
-
-
-ESTIMATORS = {"agglomerative": AgglomerativeFaces, "hdbscan": HDBSCANFaces, "infomap": InfomapFaces}
+ESTIMATORS = {"agglomerative": AgglomerativeFaces, "hdbscan": HDBSCANFaces}
 METHODS = tuple(ESTIMATORS)
 DEFAULT_METHOD = "agglomerative"
 #: Each method's default parameters (its estimator's keyword defaults).
