@@ -19,7 +19,7 @@ the rules whose wrong-name rate is <= MAX_WRONG_NAME_RATE, ties broken towards t
 largest margin, then the middle of the tied thresholds; the rates are then measured on
 libraries of View-2 identities not in pairsDevTrain.txt.
 
-    python bench/identify_lfw.py [--embedder dlib-resnet] [--users 100]
+    python bench/identify_lfw.py [--embedder dlib-resnet] [--users 300]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
 from bench.lfw_verify import best_threshold, pair_distances  # noqa: E402
 from models.embedders import get_embedder  # noqa: E402
 from pipeline.cluster import cluster_faces  # noqa: E402
-from pipeline.known_people import cluster_centroids, name_distances  # noqa: E402
+from pipeline.naming import cluster_centroids, name_distances  # noqa: E402
 
 #: Naming may give a wrong name to at most this fraction of the dev clusters.
 MAX_WRONG_NAME_RATE = 0.005
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="dlib-resnet")
     parser.add_argument("--lfw", type=Path, default=LFW, help="LFW root with the pairs files")
-    parser.add_argument("--users", type=int, default=100, help="libraries per identity set (naming)")
+    parser.add_argument("--users", type=int, default=300,
+                        help="libraries per identity set (naming); 300 gives ~3,300 clusters per set")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     version = get_embedder(args.embedder).version

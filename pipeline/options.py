@@ -36,8 +36,8 @@ class FaceGroupOptions(PipelineOptions):
                  "paths are resolved against the manifest's folder). Local path or Beam file system URI.")
         parser.add_argument(
             "--output", default=None,
-            help="output folder (local path or URI): photos/, faces/, clusters/, failures/ Parquet "
-                 "tables per user, report/, summary.json and _SUCCESS. Must not be inside --input.")
+            help="output folder (local path or URI): photos/, faces/, clusters/, failures/, people/ "
+                 "Parquet tables per user, report/, summary.json and _SUCCESS. Must not be inside --input.")
         parser.add_argument(
             "--previous", default=None,
             help="output folder of an earlier run whose results to reuse (incremental run): photos "
@@ -78,6 +78,13 @@ class FaceGroupOptions(PipelineOptions):
             "--cluster", default=DEFAULT_METHOD, choices=METHODS,
             help=f"how each user's faces are grouped into people (default {DEFAULT_METHOD}).")
         parser.add_argument(
+            "--known_people", default=None,
+            help="local folder of labelled reference photos, <name>/<photo> (shared by every user) or "
+                 "<user_id>/<name>/<photo> (per user): each person whose faces match one name closely "
+                 "enough, and clearly better than any other name, gets that name in clusters/, people/ "
+                 "and the report; others stay unnamed (rule and thresholds: README, Naming people). The "
+                 "photos are embedded once on the launching machine, with this run's --embedder.")
+        parser.add_argument(
             "--batch_size", type=int, default=16,
             help="photos per detection batch (fewer when photos are large: a photo counts once per "
                  "started 4 megapixels); all faces of a batch are embedded together (default 16).")
@@ -108,6 +115,9 @@ def validate(options: FaceGroupOptions) -> None:
         if local and not is_manifest(root) and os.path.commonpath([root, options.output]) == root:
             raise ValueError(f"--output {options.output} is inside the input library {root}; "
                              "a later run would read its own outputs as photos")
+    if options.known_people is not None and not os.path.isdir(options.known_people):
+        raise FileNotFoundError(f"--known_people folder {options.known_people} does not exist "
+                                "(a local folder of <name>/<photo> reference photos)")
     for name in ("min_face_size", "max_detect_side", "max_pixels", "max_file_bytes", "batch_size"):
         if getattr(options, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(options, name)}")

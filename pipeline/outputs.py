@@ -1,7 +1,7 @@
 """Per-user Parquet tables, written by one DoFn after grouping by user.
 
 Every user's outcomes arrive together (GroupByKey on an integer user key), and the
-writer produces ``<output>/<table>/user_id=<encoded id>/part-0.parquet`` for all four
+writer produces ``<output>/<table>/user_id=<encoded id>/part-0.parquet`` for all five
 tables (empty tables included, so a re-run replaces every stale file), with the explicit
 schemas of pipeline.schemas, through ``FileSystems`` (local paths, gs://, ...). Each file
 is written under a unique hidden temporary name in its final folder and then renamed
@@ -19,6 +19,9 @@ InferenceSettings and clusters/ files the user's next unused person id in their 
 metadata (pipeline.schemas). A photo that appears under several paths of one user (same
 SHA-256) gets a photos/ row per path, but its faces are stored and clustered once (with
 the first path in sort order); face_key = "<sha256>:<face_index>" is unique per user.
+People are named afresh on every run (pipeline.naming) from the known people the writer
+was constructed with (--known_people; without it every name is null): people/ has a row
+per person, and clusters/ repeats the person's name on each of its faces.
 """
 from __future__ import annotations
 
@@ -37,11 +40,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
 from pipeline.inference import EmbedderInfo, InferenceSettings
+from pipeline.naming import Naming, people_table
 from pipeline.person_ids import PreviousPeople, stable_person_ids
 from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
 
-TABLES = ("photos", "faces", "clusters", "failures")
+TABLES = ("photos", "faces", "clusters", "failures", "people")
 PART = "part-0.parquet"
 RUNS = "_runs"
 
@@ -57,6 +61,7 @@ class UserStats:
     failed: dict[str, int] = field(default_factory=lambda: {s: 0 for s in schemas.FAILURE_STAGES})
     faces: int = 0
     people: int = 0
+    named: int = 0  # people given a known person's name
     unclustered: int = 0
     same_photo_paths: int = 0  # photos rows whose faces were stored under another path
     duplicate_listings: int = 0  # outcomes dropped because a manifest listed a path twice
@@ -168,9 +173,16 @@ def faces_table(user_id: str, outcomes: Sequence[PhotoOutcome], embedder: Embedd
     ], schema=schemas.faces_schema(dim, embedder.lineage))
 
 
+def face_embeddings(faces: pa.Table) -> np.ndarray:
+    """(N,D) float32 embeddings of a faces/ table, in its row order."""
+    dim = faces.schema.field("embedding").type.list_size
+    return faces.column("embedding").combine_chunks().flatten().to_numpy().reshape(faces.num_rows, dim)
+
+
 def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None = None) -> pa.Table:
     """clusters/ rows for a user's faces table (sorted by face_key), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
+    Names are left null (`with_names` fills them).
 
     Raises ValueError when the faces come from more than one embedder or version:
     distances between their embeddings mean nothing.
@@ -185,9 +197,7 @@ def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None
                          f"different embedders together ({names}); re-embed them with one --embedder")
     n = faces.num_rows
     if n:
-        dim = faces.schema.field("embedding").type.list_size
-        x = faces.column("embedding").combine_chunks().flatten().to_numpy().reshape(n, dim)
-        result = cluster_faces(x, method)
+        result = cluster_faces(face_embeddings(faces), method)
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)
@@ -196,30 +206,43 @@ def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None
     table = pa.Table.from_arrays([
         faces.column("user_id"), faces.column("face_key"), faces.column("photo_sha256"),
         faces.column("face_index"), pa.array(person, pa.int32()), pa.array(size, pa.int32()),
-        pa.array(distance, pa.float32())], schema=schemas.CLUSTERS)
+        pa.array(distance, pa.float32()), pa.nulls(n, pa.string())], schema=schemas.CLUSTERS)
     return table.replace_schema_metadata({schemas.NEXT_PERSON_ID_KEY: str(next_id).encode()})
 
 
+def with_names(clusters: pa.Table, people: pa.Table) -> pa.Table:
+    """clusters/ with each face's `name` set to its person's name in people/ (null when
+    the person is unnamed or the face unclustered); metadata kept."""
+    name_of = dict(zip(people.column("person_id").to_pylist(), people.column("name").to_pylist()))
+    names = pa.array([name_of.get(p) for p in clusters.column("person_id").to_pylist()], pa.string())
+    return clusters.set_column(clusters.schema.get_field_index("name"), clusters.schema.field("name"), names)
+
+
 def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: InferenceSettings, method: str,
-                previous: PreviousResults | None = None) -> tuple[dict[str, pa.Table], UserStats]:
-    """All four tables of one user and their counts; REUSED outcomes are resolved from
-    `previous`, whose person ids the clusters keep."""
+                previous: PreviousResults | None = None,
+                naming: Naming | None = None) -> tuple[dict[str, pa.Table], UserStats]:
+    """All five tables of one user and their counts; REUSED outcomes are resolved from
+    `previous`, whose person ids the clusters keep; people are named by `naming`."""
     outcomes = list(outcomes)
     unique = unique_outcomes(outcomes)
     previous = previous or PreviousResults(user_id, {}, PreviousPeople())
     ordered = [previous.resolve(o) for o in unique]
     faces = faces_table(user_id, ordered, settings.embedder)
     recorded = {schemas.SETTINGS_KEY: settings.to_json().encode()}
+    clusters = clusters_table(faces, method, previous.people)
+    person = clusters.column("person_id").to_numpy()
+    x = face_embeddings(faces)
+    people = naming.people(user_id, person, x) if naming else people_table(user_id, person, x, x[:0], np.array([]))
     tables = {"photos": photos_table(user_id, ordered).replace_schema_metadata(recorded),
               "faces": faces.replace_schema_metadata({**(faces.schema.metadata or {}), **recorded}),
-              "clusters": clusters_table(faces, method, previous.people),
-              "failures": failures_table(user_id, ordered)}
+              "clusters": with_names(clusters, people),
+              "failures": failures_table(user_id, ordered),
+              "people": people}
     statuses = Counter(o.status for o in ordered)
-    person = tables["clusters"].column("person_id").to_numpy()
     stats = UserStats(
         user_id, photos=len(ordered), with_faces=statuses["faces"], without_faces=statuses["no_face"],
         failed={s: sum(1 for o in ordered if o.stage == s) for s in schemas.FAILURE_STAGES},
-        faces=faces.num_rows, people=len(set(person[person >= 0].tolist())),
+        faces=faces.num_rows, people=people.num_rows, named=people.num_rows - people.column("name").null_count,
         unclustered=int((person < 0).sum()),
         same_photo_paths=statuses["faces"] - len(set(faces.column("photo_path").to_pylist())),
         duplicate_listings=len(outcomes) - len(ordered), reused=sum(o.status == REUSED for o in unique))
@@ -227,17 +250,25 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: Infere
 
 
 class WriteUserTables(beam.DoFn):
-    """(user key, outcomes and PreviousResults) -> the user's four Parquet files and run
-    record; yields UserStats. Only users with at least one outcome are written."""
+    """(user key, outcomes and PreviousResults) -> the user's five Parquet files and run
+    record; yields UserStats. Only users with at least one outcome are written.
 
-    def __init__(self, output: str, run_id: str, settings: InferenceSettings, method: str) -> None:
+    `naming` (the run's known people, pipeline.known_people.load_naming) travels inside
+    this DoFn, so every runner's workers get it with the code."""
+
+    def __init__(self, output: str, run_id: str, settings: InferenceSettings, method: str,
+                 naming: Naming | None = None) -> None:
+        if naming is not None and naming.known.embedder_version != settings.embedder.version:
+            raise ValueError(f"known people embedded with {naming.known.embedder_version} cannot name faces "
+                             f"embedded with {settings.embedder.version}")
         self.output = output
         self.run_id = run_id
         self.settings = settings
         self.method = method
+        self.naming = naming
         self.counters = {name: beam.metrics.Metrics.counter("facegroup", name) for name in (
             "users_written", "photos_written", "photos_with_faces", "photos_without_faces",
-            "photos_failed", "faces_written", "people")}
+            "photos_failed", "faces_written", "people", "people_named")}
 
     def process(self, element: tuple[int, Iterable[PhotoOutcome | PreviousResults]]):
         by_user: dict[str, list[PhotoOutcome]] = defaultdict(list)
@@ -249,7 +280,7 @@ class WriteUserTables(beam.DoFn):
                 by_user[item.user_id].append(item)
         for user_id in sorted(by_user):
             tables, stats = user_tables(user_id, by_user[user_id], self.settings, self.method,
-                                        previous.get(user_id))
+                                        previous.get(user_id), self.naming)
             for name in TABLES:
                 write_table(table_path(self.output, name, user_id), tables[name])
             write_text(run_record_path(self.output, self.run_id, f"{user_folder(user_id)}.json"),
@@ -266,3 +297,4 @@ class WriteUserTables(beam.DoFn):
         c["photos_failed"].inc(sum(stats.failed.values()))
         c["faces_written"].inc(stats.faces)
         c["people"].inc(stats.people)
+        c["people_named"].inc(stats.named)

@@ -7,9 +7,11 @@ run already has (pipeline.reuse) and cuts the list into batches of --batch_size 
 (marked and unmarked photos in separate batches).
 Graph: Create(batches) -> LoadPhotos (read with SHA-256, decode unless reused; lists
 bounded by pixel weight) -> RunInference (detect, align, embed; model once per worker
-process) -> key by user -> GroupByKey -> write the user's four tables. In an incremental
+process) -> key by user -> GroupByKey -> write the user's five tables. In an incremental
 run, Create(users) -> ReadPrevious joins the GroupByKey through a Flatten, bringing
-each user's previous results and person ids. Only single-output steps, no side inputs,
+each user's previous results and person ids. With --known_people the launcher embeds
+the reference photos first (pipeline.known_people) and the writer DoFn carries them, as
+constructor data, to name each user's people. Only single-output steps, no side inputs,
 state or finish_bundle output, so it means the same on DirectRunner, DaskRunner and
 portable runners. Every photo listed becomes exactly one outcome; the end-of-run check
 compares the listing with the written tables.
@@ -40,6 +42,7 @@ from pipeline import schemas
 from pipeline.decode import LoadPhotos
 from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, describe_embedder
 from pipeline.inputs import Listing, list_photos
+from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
 from pipeline.records import PhotoOutcome
@@ -64,8 +67,9 @@ def inference_settings(opts: FaceGroupOptions, embedder: EmbedderInfo) -> Infere
 
 
 def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, run_id: str,
-          settings: InferenceSettings) -> None:
-    """Add the whole pipeline to `p` (options validated, library listed, reuse planned)."""
+          settings: InferenceSettings, naming: Naming | None = None) -> None:
+    """Add the whole pipeline to `p` (options validated, library listed, reuse planned,
+    known people loaded)."""
     handler = FaceModelHandler(settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size,
                                opts.min_det_score)
     outcomes = (p
@@ -81,7 +85,7 @@ def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, run_id: str
         outcomes = (outcomes, previous_results) | "WithPrevious" >> beam.Flatten()
     _ = (outcomes
          | "GroupByUser" >> beam.GroupByKey()
-         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster)))
+         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster, naming)))
 
 
 def skipped_record(listing: Listing) -> dict:
@@ -91,6 +95,14 @@ def skipped_record(listing: Listing) -> dict:
         reasons[item.reason] = reasons.get(item.reason, 0) + 1
     return {"count": len(listing.skipped), "reasons": reasons,
             "examples": [asdict(s) for s in listing.skipped[:MAX_SKIPPED_LISTED]]}
+
+
+def known_people_record(folder: str, naming: Naming) -> dict:
+    """What the summary says about --known_people: names, faces and skipped photos."""
+    known = naming.known
+    return {"folder": folder, "names": len(set(known.names.tolist())), "faces": len(known.names),
+            "per_user": any(u is not None for u in known.user_ids), "threshold": naming.threshold,
+            "margin": naming.margin, "skipped": [{"photo": p, "reason": r} for p, r in known.skipped]}
 
 
 @dataclass
@@ -109,6 +121,7 @@ class RunSummary:
     counters: dict[str, int] | None = None
     report: str | None = None
     previous: str | None = None  # the earlier output whose results were reused
+    known_people: dict | None = None  # known_people_record of --known_people
 
     @property
     def photos(self) -> int:
@@ -149,10 +162,17 @@ class RunSummary:
             f"faces {self.total('faces')} ({self.embedder['name']} {self.embedder['version']}, "
             f"{self.embedder['dim']}-d), people {self.total('people')} ({self.cluster} clustering), "
             f"unclustered faces {self.total('unclustered')}",
-            "people per user:",
         ]
+        known = self.known_people
+        if known:
+            lines.append(f"known people: {known['names']} names from {known['faces']} reference faces in "
+                         f"{known['folder']} (threshold {known['threshold']:.2f}, margin {known['margin']:.2f}); "
+                         f"named {self.total('named')} of {self.total('people')} people")
+            lines += [f"  skipped reference photo {s['photo']}: {s['reason']}" for s in known["skipped"]]
+        lines.append("people per user:")
         for u in self.users[:MAX_USERS_PRINTED]:
-            lines.append(f"  {u.user_id}: {u.people} people, {u.unclustered} unclustered faces; "
+            named = f" ({u.named} named)" if known else ""
+            lines.append(f"  {u.user_id}: {u.people} people{named}, {u.unclustered} unclustered faces; "
                          f"{u.photos} photos, {u.faces} faces, {sum(u.failed.values())} failed")
         if len(self.users) > MAX_USERS_PRINTED:
             lines.append(f"  ... {len(self.users) - MAX_USERS_PRINTED} more users in {SUMMARY}")
@@ -242,12 +262,17 @@ def run(argv: list[str] | None = None) -> RunSummary:
     settings = inference_settings(opts, embedder)
     previous = resolve_previous(opts.previous, opts.output)
     plan = plan_reuse(previous, listing, settings)
+    naming = None
+    if opts.known_people:
+        from pipeline.known_people import load_naming  # loads torch models: only when asked
+
+        naming = load_naming(opts.known_people, settings, opts.embedder_weights)
     run_id = uuid.uuid4().hex[:12]
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
         FileSystems.delete([success])
     p = beam.Pipeline(options=options)
-    build(p, opts, plan, run_id, settings)
+    build(p, opts, plan, run_id, settings, naming)
     start = time.perf_counter()
     result = p.run()
     state = result.wait_until_finish()
@@ -257,7 +282,8 @@ def run(argv: list[str] | None = None) -> RunSummary:
     users = finalise(opts.output, run_id)
     summary = RunSummary(run_id, runner, opts.output, len(listing.photos), wall,
                          asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result),
-                         previous=previous)
+                         previous=previous,
+                         known_people=known_people_record(opts.known_people, naming) if naming else None)
     summary.check()
     summary.report = build_report(opts.output)
     write_text(FileSystems.join(opts.output, SUMMARY), summary.to_json())

@@ -1,7 +1,8 @@
 """Explicit pyarrow schemas of every Parquet table the pipeline writes.
 
-Each table is written per user under ``<output>/<table>/user_id=<id>/part-0.parquet``;
-keeping the schemas here makes readers (report, search, tests) and writers agree.
+Each table (photos, faces, clusters, failures, people) is written per user under
+``<output>/<table>/user_id=<id>/part-0.parquet``; keeping the schemas here makes readers
+(report, search, tests) and writers agree.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ CLUSTERS = pa.schema([
     pa.field("person_id", pa.int32(), nullable=False),
     pa.field("cluster_size", pa.int32(), nullable=False),
     pa.field("distance_to_centre", pa.float32(), nullable=False),
+    pa.field("name", pa.string()),  # the person's known name (--known_people), null = unnamed
 ])
 
 FAILURES = pa.schema([
@@ -74,12 +76,24 @@ FAILURES = pa.schema([
     pa.field("error", pa.string(), nullable=False),
 ])
 
+#: One row per person (person_id >= 0) of a user, named from --known_people
+#: (pipeline.known_people); without known people every name and match_distance is null.
+PEOPLE = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("person_id", pa.int32(), nullable=False),
+    pa.field("name", pa.string()),  # null = not named (unknown or ambiguous)
+    pa.field("match_distance", pa.float32()),  # to the nearest known name; null = no known people
+    pa.field("face_count", pa.int32(), nullable=False),
+])
+
 
 #: Parquet key-value metadata. photos/ and faces/ files carry the InferenceSettings
 #: (pipeline.inference) they were computed with, as JSON; clusters/ files carry the
-#: user's next unused person id (pipeline.person_ids), as a decimal string.
+#: user's next unused person id (pipeline.person_ids), as a decimal string; people/
+#: files the naming rule they were named with (pipeline.known_people.Naming), as JSON.
 SETTINGS_KEY = b"facegroup.inference_settings"
 NEXT_PERSON_ID_KEY = b"facegroup.next_person_id"
+NAMING_KEY = b"facegroup.naming"
 
 
 def face_key(photo_sha256: str, face_index: int) -> str:

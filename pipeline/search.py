@@ -1,8 +1,8 @@
 """Find every photo of one person in a user's library from a single query photo.
 
-The query face is embedded with the embedder recorded in the user's faces/ table (the
-command refuses when that embedder or its weights differ: distances across embedder
-versions mean nothing). Photos are ranked by the Euclidean distance of their nearest
+The query face is detected with the detection options and embedded with the embedder
+recorded in the user's faces/ table (the command refuses when that embedder or its
+weights differ: distances across embedder versions mean nothing). Photos are ranked by the Euclidean distance of their nearest
 face to the query face; matches below the verification threshold
 (pipeline/thresholds.py) are marked as the same person. The results are printed and
 written as an HTML page, <output>/search/<name>.html, with face thumbnails beside it in
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,10 @@ import pyarrow.parquet as pq
 
 from models.embedders import Embedder, get_embedder
 from models.mtcnn import MTCNN
+from pipeline import schemas
 from pipeline.decode import encode_jpeg
-from pipeline.photo_faces import PhotoFaces, photo_faces
+from pipeline.options import DEFAULT_MIN_DET_SCORE
+from pipeline.photo_faces import MAX_DETECT_SIDE, PhotoFaces, photo_faces
 from pipeline.thresholds import thresholds_for
 from pipeline.users import encode_user_id, user_folder
 
@@ -37,7 +40,8 @@ RANK_COLUMNS = ["photo_path", "face_index", "face_key", "embedder", "embedder_ve
 
 @dataclass(frozen=True)
 class UserFaces:
-    """A user's faces from faces/: embeddings (N,D) float32 and per-face columns (N,)."""
+    """A user's faces from faces/: embeddings (N,D) float32 and per-face columns (N,), and
+    the run's detection options (pipeline defaults where the file records none)."""
 
     path: Path
     embedder: str
@@ -46,6 +50,9 @@ class UserFaces:
     photo_paths: np.ndarray
     face_indices: np.ndarray
     face_keys: np.ndarray
+    min_face_size: int = 20
+    min_det_score: float = DEFAULT_MIN_DET_SCORE
+    max_detect_side: int = MAX_DETECT_SIDE
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,12 @@ def load_user_faces(output: Path, user_id: str) -> UserFaces:
     column = table["embedding"].combine_chunks()
     dim = column.type.list_size
     embeddings = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    settings = json.loads((table.schema.metadata or {}).get(schemas.SETTINGS_KEY, b"{}"))  # InferenceSettings
+    detection = {k: settings[k] for k in ("min_face_size", "min_det_score", "max_detect_side") if k in settings}
     return UserFaces(path, embedders[0], versions[0], embeddings,
                      np.array(table["photo_path"].to_pylist(), dtype=object),
-                     table["face_index"].to_numpy(), np.array(table["face_key"].to_pylist(), dtype=object))
+                     table["face_index"].to_numpy(), np.array(table["face_key"].to_pylist(), dtype=object),
+                     **detection)
 
 
 def matching_embedder(faces: UserFaces, device: str, weights: str | None) -> Embedder:
@@ -188,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--top must be >= 1, got {args.top}")
         faces = load_user_faces(args.output, args.user)
         embedder = matching_embedder(faces, args.device, args.weights)
-        query = photo_faces(args.photo, MTCNN(device=embedder.device), embedder)
+        detector = MTCNN(min_face_size=faces.min_face_size, device=embedder.device)
+        query = photo_faces(args.photo, detector, embedder, faces.max_detect_side, faces.min_det_score)
         qi = query_face(query, args.photo, args.face_index)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

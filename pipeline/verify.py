@@ -1,8 +1,8 @@
 """Are two photos of the same person? Face verification from the command line.
 
-Each photo's face is its largest detected face (ties: the most central). The decision is
-distance < the embedder version's verification threshold (pipeline/thresholds.py, derived
-on LFW View-1).
+Each photo's face is the detected face covering most of the photo (ties: the most central;
+pipeline.photo_faces.largest_face). The decision is distance < the embedder version's
+verification threshold (pipeline/thresholds.py, derived on LFW View-1).
 
     python -m pipeline.verify a.jpg b.jpg [--embedder dlib-resnet] [--weights PATH] [--device cpu]
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from models.embedders import DEFAULT_EMBEDDER, EMBEDDERS, Embedder, get_embedder
 from models.mtcnn import MTCNN
-from pipeline.photo_faces import largest_face, photo_faces
+from pipeline.photo_faces import faces_in, largest_face, read_photo
 from pipeline.thresholds import thresholds_for
 
 
@@ -25,13 +26,17 @@ def same_person(distance: float, threshold: float) -> bool:
     return distance < threshold
 
 
-def main_face(path: Path, detector: MTCNN, embedder: Embedder) -> tuple[np.ndarray, int]:
-    """(embedding (D,), number of faces found) of the largest face of the photo at `path`."""
-    faces = photo_faces(path, detector, embedder)
-    i = largest_face(faces.detections, faces.image.shape[1], faces.image.shape[0])
-    if i is None:
-        raise ValueError(f"no face found in {path}")
-    return faces.embeddings[i], len(faces)
+def main_faces(paths: Sequence[Path], detector: MTCNN, embedder: Embedder) -> list[tuple[np.ndarray, int]]:
+    """(embedding (D,), number of faces found) of the largest face of each photo, detected
+    and embedded in one batch; ValueError naming the first photo without a face."""
+    faces = faces_in([read_photo(p) for p in paths], detector, embedder)
+    out = []
+    for path, found in zip(paths, faces):
+        i = largest_face(found.detections, found.image.shape[1], found.image.shape[0])
+        if i is None:
+            raise ValueError(f"no face found in {path}")
+        out.append((found.embeddings[i], len(found)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         embedder = get_embedder(args.embedder, args.device, args.weights)
         threshold = thresholds_for(embedder.version).verify
         detector = MTCNN(device=embedder.device)
-        a, n_a = main_face(args.photo_a, detector, embedder)
-        b, n_b = main_face(args.photo_b, detector, embedder)
+        (a, n_a), (b, n_b) = main_faces([args.photo_a, args.photo_b], detector, embedder)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,17 @@
 Why: these are the user-facing identification features; each must give the right answer
 on real faces through the real detector + aligner + embedder. Identities come from View-2
 and are not in pairsDevTrain.txt, on which the thresholds were derived.
-Library embeddings go through bench/lfw_embed's cache; query and reference photos go
-through the code under test (detector included).
+Naming runs the whole pipeline (DirectRunner, --known_people) on a small library; search and
+verification libraries are embedded through bench/lfw_embed (computed afresh on a clean machine,
+cached in ~/.cache/facegroup), query and reference photos through the code under test
+(detector included).
 """
 from __future__ import annotations
 
 import html
+import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +29,14 @@ from models.embedders import get_embedder
 from models.weights import file_sha256
 from models.mtcnn import MTCNN, Detections, centre_face
 from pipeline import schemas, search, verify
-from pipeline.cluster import cluster_faces
 from pipeline.decode import encode_jpeg
-from pipeline.known_people import PEOPLE, load_known_people, people_table, reference_photos
-from pipeline.photo_faces import photo_faces
+from pipeline.inference import InferenceSettings, describe_embedder
+from pipeline.known_people import load_known_people, load_naming, reference_photos
+from pipeline.naming import people_table
+from pipeline.outputs import WriteUserTables
+from pipeline.photo_faces import largest_face, photo_faces
+from pipeline.report import digest
+from pipeline.run import main, run
 from pipeline.thresholds import thresholds_for
 from pipeline.users import user_folder
 
@@ -57,69 +66,168 @@ def pick(pool: dict[str, list[Path]], min_photos: int, n: int, seed: int,
     return sorted(np.random.default_rng(seed).choice(names, size=n, replace=False).tolist())
 
 
-def link_folder(root: Path, people: dict[str, list[Path]]) -> Path:
-    """A known-people folder root/<name>/<photo> of symlinks to LFW photos."""
-    for name, photos in people.items():
-        (root / name).mkdir(parents=True)
-        for p in photos:
-            (root / name / p.name).symlink_to(p)
+# --- naming clusters --------------------------------------------------------------------
+
+def label(identity: str) -> str:
+    """The known-people folder name (the person's name) of an LFW identity."""
+    return identity.replace("_", " ")
+
+
+def copy_photos(root: Path, photos: dict[str, list[Path]]) -> Path:
+    """root/<key>/<photo file> for each key; returns root."""
+    for key, paths in photos.items():
+        (root / key).mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            shutil.copyfile(p, root / key / p.name)
     return root
 
 
-# --- naming clusters --------------------------------------------------------------------
+def read(out: Path, table: str, user: str) -> pa.Table:
+    return pq.read_table(out / table / user_folder(user) / "part-0.parquet", partitioning=None)
+
 
 @pytest.fixture(scope="module")
-def library(pool, embedder):
-    """A user library: 8 people with 5 photos each and 20 people seen once (their other
-    photos are kept out, for use as references). Returns (identities (N,), embeddings, clusters)."""
-    multi = pick(pool, 8, 8, seed=1)
-    single = pick(pool, 3, 20, seed=2, exclude=set(multi))
-    paths = [p for n in multi for p in pool[n][:5]] + [pool[n][0] for n in single]
-    identities = np.array([n for n in multi for _ in range(5)] + single)
-    x, _ = embed_images(paths, embedder)
-    return multi, single, identities, x, cluster_faces(x)
+def naming_runs(pool, tmp_path_factory):
+    """The real pipeline (DirectRunner) on a 2-user library (5 and 3 people with 4 photos,
+    4 and 2 people seen once), named from 3 known people (one in both libraries, one in
+    each); then again into the same output (incremental: nothing is embedded again) with 3
+    known people absent from both. Returns (truth {user: {photo path: identity}}, known
+    identities, (summary, tables, user index pages) of run 1, (summary, tables) of run 2)."""
+    base = tmp_path_factory.mktemp("naming")
+    people = pick(pool, 7, 7, seed=1)  # 4 library photos each; the last 2 are the references
+    singles = pick(pool, 1, 6, seed=2, exclude=set(people))
+    libraries = {"u1": (people[:5], singles[:4]), "u2": ([people[0], *people[5:]], singles[4:])}
+    truth: dict[str, dict[str, str]] = {}
+    for user, (multi, single) in libraries.items():
+        truth[user] = {}
+        for name in multi + single:
+            for src in pool[name][:4 if name in multi else 1]:
+                copy_photos(base / "library", {user: [src]})
+                truth[user][f"{user}/{src.name}"] = name
+    known = [people[0], people[1], people[5]]
+    named_dir = copy_photos(base / "known", {label(n): pool[n][-2:] for n in known})
+    absent = pick(pool, 2, 3, seed=3, exclude=set(people) | set(singles))
+    absent_dir = copy_photos(base / "absent", {label(n): pool[n][:2] for n in absent})
+    out = base / "out"
+    args = ["--input", str(base / "library"), "--output", str(out), "--runner", "DirectRunner",
+            "--direct_num_workers", "1"]
+    first = run(args + ["--known_people", str(named_dir)])
+    tables1 = {(t, u): read(out, t, u) for t in ("photos", "faces", "clusters", "people") for u in truth}
+    pages = {u: (out / "report" / f"u-{digest(u, 16)}" / "index.html").read_text(encoding="utf-8") for u in truth}
+    second = run(args + ["--known_people", str(absent_dir)])
+    tables2 = {(t, u): read(out, t, u) for t in ("clusters", "people") for u in truth}
+    return truth, known, (first, tables1, pages), (second, tables2)
 
 
-def named_clusters(library, known_dir: Path, detector, embedder) -> tuple[pa.Table, dict[int, str]]:
-    """people/ rows of the library named from known_dir, and each cluster's true identity."""
-    *_, identities, x, clusters = library
-    known = load_known_people(known_dir, detector, embedder)
-    assert known.skipped == []
-    emb, names = known.for_user("u1")
+def labelled_faces(faces: pa.Table, photos: pa.Table, truth: dict[str, str]) -> dict[str, str]:
+    """face_key -> LFW identity of each photo's labelled face (the face nearest the photo
+    centre, as LFW crops them); other faces are people in the background, of no known identity."""
+    photo = {p["photo_sha256"]: p for p in photos.to_pylist()}
+    by_photo: dict[str, list[dict]] = {}
+    for f in sorted(faces.to_pylist(), key=lambda f: f["face_index"]):
+        by_photo.setdefault(f["photo_sha256"], []).append(f)
+    out = {}
+    for sha, found in by_photo.items():
+        det = Detections(np.array([f["box"] for f in found], np.float32), np.array([f["det_score"] for f in found]),
+                         np.array([f["landmarks"] for f in found], np.float32).reshape(-1, 5, 2))
+        p = photo[sha]
+        out[found[centre_face(det, p["width"], p["height"])]["face_key"]] = truth[p["photo_path"]]
+    return out
+
+
+def cluster_identities(clusters: pa.Table, labelled: dict[str, str]) -> dict[int, str | None]:
+    """person_id -> the identity of most of its labelled faces (None: background faces only)."""
+    votes: dict[int, list[str]] = {}
+    for c in clusters.to_pylist():
+        if c["person_id"] >= 0:
+            votes.setdefault(c["person_id"], [])
+            if c["face_key"] in labelled:
+                votes[c["person_id"]].append(labelled[c["face_key"]])
+    return {pid: max(sorted(set(v)), key=v.count) if v else None for pid, v in votes.items()}
+
+
+def test_known_people_name_exactly_their_clusters(naming_runs, embedder):
+    truth, known, (summary, tables, pages), _ = naming_runs
     t = thresholds_for(embedder.version)
-    table = people_table("u1", clusters.person_id, x, emb, names, t.name, t.margin)
-    truth = {}
-    for pid in np.unique(clusters.person_id[clusters.person_id >= 0]):
-        members, counts = np.unique(identities[clusters.person_id == pid], return_counts=True)
-        truth[int(pid)] = str(members[np.argmax(counts)])
-    return table, truth
+    named = 0
+    for user in truth:
+        clusters, people = tables["clusters", user], tables["people", user]
+        assert people.schema.equals(schemas.PEOPLE, check_metadata=False)
+        rule = json.loads(people.schema.metadata[schemas.NAMING_KEY])
+        assert (rule["threshold"], rule["margin"], rule["known_names"]) == (t.name, t.margin, 3)
+        labelled = labelled_faces(tables["faces", user], tables["photos", user], truth[user])
+        identity = cluster_identities(clusters, labelled)
+        rows = {r["person_id"]: r for r in people.to_pylist()}
+        assert sorted(rows) == sorted(identity) and len(rows) >= 3
+        for pid, r in rows.items():
+            expected = label(identity[pid]) if identity[pid] in known else None
+            assert r["name"] == expected, (user, r, identity[pid])
+            assert r["face_count"] == (clusters.column("person_id").to_numpy() == pid).sum()
+            assert r["match_distance"] is not None and (expected is None or r["match_distance"] < t.name)
+        present = {label(n) for n in known if n in truth[user].values()}
+        assert len(present) == 2 and {r["name"] for r in rows.values()} - {None} == present
+        name_of = {pid: r["name"] for pid, r in rows.items()}
+        assert [c["name"] for c in clusters.to_pylist()] == [name_of.get(p) for p in clusters.column("person_id").to_pylist()]
+        assert all(html.escape(n) in pages[user] for n in present)
+        named += sum(r["name"] is not None for r in rows.values())
+    assert summary.known_people["names"] == 3 and summary.known_people["faces"] == 6
+    assert summary.known_people["skipped"] == [] and summary.total("named") == named
+    assert "known people: 3 names from 6 reference faces" in summary.format()
 
 
-def test_known_people_name_exactly_their_clusters(library, pool, tmp_path, detector, embedder):
-    multi = library[0]
-    known = {n: pool[n][-2:] for n in multi[:3]}  # photos outside the library
-    table, truth = named_clusters(library, link_folder(tmp_path / "known", known), detector, embedder)
-    assert table.schema.equals(PEOPLE)
-    rows = table.to_pylist()
-    assert sorted(r["person_id"] for r in rows) == sorted(truth)
-    for r in rows:
-        expected = truth[r["person_id"]] if truth[r["person_id"]] in known else None
-        assert r["name"] == expected, (r, truth[r["person_id"]])
-        assert r["face_count"] == int((library[4].person_id == r["person_id"]).sum())
-    assert {r["name"] for r in rows} - {None} == set(known)
+def test_absent_people_name_nothing_and_names_follow_each_run(naming_runs):
+    truth, _, (first, tables1, _), (second, tables2) = naming_runs
+    assert second.total("reused") == second.photos == first.photos  # nothing detected or embedded again
+    for user in truth:
+        people1, people2 = tables1["people", user], tables2["people", user]
+        assert people2.column("name").null_count == people2.num_rows > 0
+        assert tables2["clusters", user].column("name").null_count == tables2["clusters", user].num_rows
+        assert all(d is not None for d in people2.column("match_distance").to_pylist())
+        # the same people under the same ids: only the names changed
+        assert people2.select(["person_id", "face_count"]) == people1.select(["person_id", "face_count"])
+    assert second.total("named") == 0
 
 
-def test_absent_or_ambiguous_people_name_nothing(library, pool, tmp_path, detector, embedder):
-    multi, single = library[0], library[1]
-    absent = pick(pool, 4, 3, seed=3, exclude=set(multi) | set(single))
-    table, _ = named_clusters(library, link_folder(tmp_path / "absent", {n: pool[n][:2] for n in absent}),
-                              detector, embedder)
-    assert table.column("name").null_count == table.num_rows > 0
-    assert all(d is not None for d in table.column("match_distance").to_pylist())
-    # One person filed under two names: the two names are equally near, so neither is given.
-    twice = {multi[0]: pool[multi[0]][-2:], multi[0] + " (again)": pool[multi[0]][-2:]}
-    table, _ = named_clusters(library, link_folder(tmp_path / "twice", twice), detector, embedder)
-    assert table.column("name").null_count == table.num_rows
+def test_one_person_under_two_names_is_named_neither(pool, tmp_path, detector, embedder):
+    """Two names equally near a cluster (the margin rule): neither is given; either alone is."""
+    name = pick(pool, 6, 1, seed=6)[0]
+    x, _ = embed_images(pool[name][:4], embedder)
+    known = load_known_people(copy_photos(tmp_path, {"A": pool[name][-2:], "B": pool[name][-2:]}), detector, embedder)
+    emb, names = known.for_user("u")
+    t = thresholds_for(embedder.version)
+    once = people_table("u", np.zeros(4, int), x, emb[names == "A"], names[names == "A"], t.name, t.margin)
+    twice = people_table("u", np.zeros(4, int), x, emb, names, t.name, t.margin)
+    assert once.column("name").to_pylist() == ["A"] and twice.column("name").to_pylist() == [None]
+
+
+def test_reference_face_is_the_largest_visible_one(lfw, detector, embedder):
+    """Ali_Naimi_0008 shows him in the middle and, cut by the photo's edge, a face whose
+    box is larger but reaches outside the photo: his face is the one used."""
+    faces = photo_faces(lfw / "Ali_Naimi" / "Ali_Naimi_0008.jpg", detector, embedder)
+    b = faces.detections.boxes
+    chosen = largest_face(faces.detections, 250, 250)
+    widest = int(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax())
+    assert widest != chosen and ((b[widest] < 0) | (b[widest] > 250)).any()
+    det = faces.detections
+    assert chosen == centre_face(Detections(det.boxes, det.scores, det.landmarks), 250, 250)
+
+
+def test_known_people_refuse_other_embedder_versions_and_missing_folders(lfw, tmp_path, capsys):
+    """Distances from another embedder version mean nothing: refused before any run."""
+    folder = copy_photos(tmp_path / "known", {"Aaron": [lfw / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"]})
+    info = describe_embedder("dlib-resnet", None)
+    other = InferenceSettings(replace(info, version="dlib-v1-000000000000/lm150-v1"), 20, 0.9, 1600)
+    with pytest.raises(ValueError, match="but the run embeds with dlib-v1-000000000000"):
+        load_naming(str(folder), other, None)
+    naming = load_naming(str(folder), InferenceSettings(info, 20, 0.9, 1600), None)
+    assert naming.known.names.tolist() == ["Aaron"] and naming.threshold == thresholds_for(info.version).name
+    with pytest.raises(ValueError, match="cannot name faces embedded with dlib-v1-000000000000"):
+        WriteUserTables(str(tmp_path / "out"), "run", other, "agglomerative", naming)
+    with pytest.raises(ValueError, match="no thresholds derived for embedder version 'dlib-v1-000000000000"):
+        thresholds_for(other.embedder.version)
+    assert main(["--input", str(lfw / "Aaron_Peirsol"), "--output", str(tmp_path / "out"),
+                 "--known_people", str(tmp_path / "missing")]) == 2
+    assert f"--known_people folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
 
 
 def test_known_people_layouts(tmp_path, lfw):
@@ -238,14 +346,17 @@ def test_search_asks_which_face_when_several(search_library, lfw, tmp_path, caps
 
 # --- verification -----------------------------------------------------------------------
 
-def test_verify_agrees_with_lfw_labels(lfw, embedder):
+def test_verify_agrees_with_lfw_labels(lfw, detector, embedder):
+    """The command's own path (largest face of each photo) on 500 seeded View-2 pairs."""
     pairs = verify_sample(lfw)
     paths = sorted({p for a, b, _ in pairs for p in (a, b)})
-    x, _ = embed_images(paths, embedder)
-    e = dict(zip(paths, x))
+    e = {}
+    for start in range(0, len(paths), 64):  # batched as the command batches its two photos
+        batch = paths[start:start + 64]
+        e.update(zip(batch, (emb for emb, _ in verify.main_faces(batch, detector, embedder))))
     t = thresholds_for(embedder.version).verify
     agree = [verify.same_person(float(np.linalg.norm(e[a] - e[b])), t) == same for a, b, same in pairs]
-    assert len(pairs) == 500 and np.mean(agree) >= 0.99
+    assert len(pairs) == 500 and np.mean(agree) >= 0.99, np.mean(agree)
 
 
 def test_verify_command(lfw, embedder, capsys):

@@ -23,7 +23,7 @@ from pipeline import schemas
 from pipeline.decode import LoadPhotos
 from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.inputs import Listing
-from pipeline.outputs import WriteUserTables
+from pipeline.outputs import TABLES, WriteUserTables
 from pipeline.records import REUSED, DecodedPhoto, Face, PhotoOutcome, PhotoRef
 from pipeline.reuse import plan_reuse
 from pipeline.run import run
@@ -70,7 +70,7 @@ def read(out: Path, table: str, user: str) -> pa.Table:
 def snapshot(out: Path, users: tuple[str, ...] = ("ann", "ben", "cat", "dan")) -> dict:
     """{(table, user): rows} of every table present, plus clusters' next_person_id."""
     found = {}
-    for table in ("photos", "faces", "clusters", "failures"):
+    for table in TABLES:
         for user in users:
             if (out / table / user_folder(user)).exists():
                 t = read(out, table, user)
@@ -170,7 +170,7 @@ def test_deleted_photos_and_users_disappear_and_new_ones_appear(runs):
     paths = {p["photo_path"] for user in ("ann", "ben", "cat") for p in snap["photos", user]}
     assert paths == expected
     assert not any(user == "dan" for _, user in snap)
-    assert not any((out / t / user_folder("dan")).exists() for t in ("photos", "faces", "clusters", "failures"))
+    assert not any((out / t / user_folder("dan")).exists() for t in TABLES)
     assert "dan" not in (out / "report" / "index.html").read_text(encoding="utf-8")
     for user in ("ann", "ben", "cat"):
         shas = {p["photo_sha256"] for p in snap["photos", user]}

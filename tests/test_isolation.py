@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.outputs import TABLES
 from pipeline.report import digest
 from pipeline.users import user_folder
 from tests.conftest import REPO, lfw_image
@@ -104,7 +105,7 @@ def test_hostile_user_folders_are_refused_or_safely_encoded(isolated):
     assert sorted(u["user_id"] for u in summary["users"]) == sorted(PHOTOS)
     skipped = {s["path"]: s["reason"] for s in summary["skipped"]["examples"]}
     assert skipped == SKIPPED
-    for table in ("photos", "faces", "clusters", "failures"):
+    for table in TABLES:
         assert sorted(os.listdir(root / "out" / table)) == sorted(user_folder(u) for u in PHOTOS)
     assert (root / "out" / "photos" / "user_id=%252e%252e").is_dir()
     assert "skipped 6 entries" in stdout

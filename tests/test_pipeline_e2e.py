@@ -39,7 +39,7 @@ NO_FACE = ("Zoë O'Neil", "holiday/landscape.jpg")
 COPIED = "bob"  # one of bob's photos is stored a second time under another name
 COPIED_FROM, COPIED_TO = "bob/2020/summer/IMG_0001.jpg", "bob/copies/IMG_0001 copy.jpg"
 TABLE_SCHEMAS = {"photos": schemas.PHOTOS, "faces": schemas.faces_schema(128),
-                 "clusters": schemas.CLUSTERS, "failures": schemas.FAILURES}
+                 "clusters": schemas.CLUSTERS, "failures": schemas.FAILURES, "people": schemas.PEOPLE}
 
 
 def build_library(lfw: Path, root: Path, seed: int = 7) -> dict[str, dict[str, str | None]]:

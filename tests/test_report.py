@@ -4,7 +4,7 @@ Why: the report is what users look at. The fixture runs a real detector (dlib HO
 test-only) on real LFW photos: thumbnails are real aligned face chips, previews are real downscaled
 photos, people are LFW identities with distance_to_centre from real dlib embeddings, and faces that are
 background people or identities seen once are left unclustered; one user's people are named by
-pipeline.known_people from reference photos. Hostile photo names, user ids, person names and error
+pipeline.naming from reference photos. Hostile photo names, user ids, person names and error
 messages check that everything is printed as text and nothing runs. Screenshots of every page visited
 go to test-artifacts/report/ (or $FACEGROUP_ARTIFACTS/report/).
 Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian `chromium`, `chromium-driver`) and selenium.
@@ -34,9 +34,9 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from pipeline.known_people import PEOPLE, people_table
+from pipeline.naming import people_table
 from pipeline.report import build_report, main
-from pipeline.schemas import CLUSTERS, FAILURES, PHOTOS, face_key, faces_schema
+from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, face_key, faces_schema
 from tests.conftest import REPO, lfw_image
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -59,7 +59,7 @@ LIBRARY = {
                    ("Ariel_Sharon", range(1, 4), {})],
 }
 # Known-people names: alice's come as the optional clusters/ `name` column (one is hostile), the
-# other user's as an optional people/ table made by pipeline.known_people from reference photos
+# other user's as an optional people/ table made by pipeline.naming from reference photos
 # (LFW identity, photo number, name) not in the library, with dlib's same-person distance 0.6.
 NAMES = {"George_W_Bush": "George W. Bush", "Colin_Powell": "Colin Powell", "Donald_Rumsfeld": XSS_FLAG}
 KNOWN = [("Ariel_Sharon", 4, "Ариэль Шарон"), ("Hugo_Chavez", 2, "Hugo Chávez")]
@@ -159,8 +159,7 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             clusters.append(row)
         _write(out, "photos", PHOTOS, photos)
         _write(out, "faces", faces_schema(128), faces)
-        named = CLUSTERS.append(pa.field("name", pa.string())) if user == "alice" else CLUSTERS
-        _write(out, "clusters", named, clusters)
+        _write(out, "clusters", CLUSTERS, clusters)
         _write(out, "failures", FAILURES, [failure])
         if user == HOSTILE_USER:
             named_people = people_table(user, np.array([c["person_id"] for c in clusters]), np.stack(embeddings),

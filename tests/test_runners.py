@@ -4,8 +4,9 @@ and on PortableRunner against Beam's local job service with external SDK workers
 Why: a photo service outgrows one machine, and the pipeline must then give the same
 people on a cluster runner. Each runner gets the same small LFW library (two users, one
 with a non-ASCII id, each with three people of four photos, two people seen once and a
-corrupt file); their faces/, clusters/, photos/ and failures/ must agree (same face keys,
-embeddings to 1e-5, same partition into people). A Dask worker killed in the middle of
+corrupt file, and one of its people in a per-user --known_people folder); their faces/,
+clusters/, photos/, failures/ and people/ must agree (same face keys, embeddings to 1e-5,
+same partition into people, same names: the known people travel inside the writer DoFn). A Dask worker killed in the middle of
 a run must not leave a run that looks complete but is not. And nothing a worker needs
 may be a file of the launching machine: the graph carries no such path, and the
 --setup_file package that Beam stages holds the code and its resources.
@@ -41,6 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import weights
 from pipeline.inference import describe_embedder
 from pipeline.inputs import list_photos
+from pipeline.known_people import load_naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.outputs import PART, RUNS, TABLES
 from pipeline.reuse import plan_reuse
@@ -59,8 +61,9 @@ RUN_TIMEOUT_S = 900
 KILL_AFTER_S = 3.0  # a worker is killed this long after a DoFn bundle is seen on it
 
 
-def small_library(lfw: Path, root: Path, seed: int = 3) -> int:
-    """Write the two users' photos under root; returns the number of files written."""
+def small_library(lfw: Path, root: Path, known: Path, seed: int = 3) -> int:
+    """Write the two users' photos under root, and under known/<user>/<identity>/ the
+    first photo of each user's first person; returns the number of files written under root."""
     rng = random.Random(seed)
     people = sorted(p.name for p in lfw.iterdir() if p.is_dir())
     counts = {name: len(list((lfw / name).glob("*.jpg"))) for name in people}
@@ -71,6 +74,8 @@ def small_library(lfw: Path, root: Path, seed: int = 3) -> int:
     n = 0
     for user in USERS:
         chosen = [sorted((lfw / multi.pop()).glob("*.jpg"))[:PHOTOS_PER_PERSON] for _ in range(PEOPLE_PER_USER)]
+        (known / user / chosen[0][0].parent.name).mkdir(parents=True)
+        shutil.copyfile(chosen[0][0], known / user / chosen[0][0].parent.name / chosen[0][0].name)
         chosen += [sorted((lfw / single.pop()).glob("*.jpg")) for _ in range(SINGLES_PER_USER)]
         photos = [p for person in chosen for p in person]
         rng.shuffle(photos)
@@ -86,8 +91,17 @@ def small_library(lfw: Path, root: Path, seed: int = 3) -> int:
 @pytest.fixture(scope="module")
 def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runners") / "library"
-    small_library(lfw, root)
+    small_library(lfw, root, known_folder(root))
     return root
+
+
+def known_folder(library: Path) -> Path:
+    return library.parent / "known"
+
+
+def flags(library: Path) -> list[str]:
+    """The pipeline flags every run of the library gets."""
+    return [*PIPELINE_FLAGS, "--known_people", str(known_folder(library))]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +118,7 @@ def reference(library: Path, cluster, tmp_path_factory: pytest.TempPathFactory) 
     """Output of the library on DirectRunner (the one-machine reference)."""
     out = tmp_path_factory.mktemp("direct") / "out"
     run(["--input", str(library), "--output", str(out), "--runner", "DirectRunner",
-         "--direct_num_workers", "1", *PIPELINE_FLAGS])
+         "--direct_num_workers", "1", *flags(library)])
     return out
 
 
@@ -152,8 +166,16 @@ def assert_complete(out: Path, n_photos: int) -> None:
         assert len(keys) == len(set(keys)), f"duplicate face keys in {table}/"
 
 
+def names(out: Path) -> dict[tuple[str, frozenset[str]], str | None]:
+    """(user, face keys of a person) -> the person's name in people/."""
+    keys: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for row in read_table(out, "clusters"):
+        keys[row["user_id"], row["person_id"]].add(row["face_key"])
+    return {(r["user_id"], frozenset(keys[r["user_id"], r["person_id"]])): r["name"] for r in read_table(out, "people")}
+
+
 def assert_same_outputs(reference: Path, out: Path, label: str) -> None:
-    """faces/, clusters/, photos/ and failures/ of `out` equal the reference's."""
+    """faces/, clusters/, photos/, failures/ and people/ of `out` equal the reference's."""
     ref_faces = {(r["user_id"], r["face_key"]): r for r in read_table(reference, "faces")}
     faces = {(r["user_id"], r["face_key"]): r for r in read_table(out, "faces")}
     assert sorted(faces) == sorted(ref_faces), f"{label}: face keys differ"
@@ -165,6 +187,7 @@ def assert_same_outputs(reference: Path, out: Path, label: str) -> None:
         assert worst <= tolerance, f"{label}: {column} differs by up to {worst}"
     assert people(read_table(out, "clusters")) == people(read_table(reference, "clusters")), \
         f"{label}: the partition into people differs"
+    assert names(out) == names(reference), f"{label}: people/ names differ"
     for table, columns in (("photos", ("status", "photo_sha256", "n_faces")), ("failures", ("stage", "error"))):
         def rows(root: Path) -> dict:
             return {(r["user_id"], r["photo_path"]): tuple(r[c] for c in columns) for r in read_table(root, table)}
@@ -178,12 +201,14 @@ def test_same_outputs_on_direct_dask_and_portable_runners(library, reference, cl
     assert sorted(partition) == sorted(USERS)
     for user, groups in partition.items():  # the comparison below is not between trivial partitions
         assert sum(len(g) >= 2 for g in groups) >= PEOPLE_PER_USER - 1, f"{user}: {groups}"
+    given = sorted((user, name) for (user, _), name in names(reference).items() if name)
+    assert given == sorted((u, n.name) for u in USERS for n in (known_folder(library) / u).iterdir()), given
     services = cluster["services"]
 
     dask_out = tmp_path / "dask"
     address = cluster["dask"].ready(2)
     run_pipeline(["--input", str(library), "--output", str(dask_out), *DASK_FLAGS,
-                  "--dask_client_address", address, *PIPELINE_FLAGS], tmp_path / "dask.log", services)
+                  "--dask_client_address", address, *flags(library)], tmp_path / "dask.log", services)
     with cluster["dask"].client() as client:  # both worker processes ran the models
         loaded = client.run(eval, "'models.mtcnn' in __import__('sys').modules")
     assert sorted(loaded.values()) == [True, True], loaded
@@ -192,7 +217,7 @@ def test_same_outputs_on_direct_dask_and_portable_runners(library, reference, cl
     run_pipeline(["--input", str(library), "--output", str(portable_out), "--runner", "PortableRunner",
                   "--job_endpoint", cluster["job_service"].ready(), "--environment_type", "EXTERNAL",
                   "--environment_config", cluster["worker_pool"].ready(), "--setup_file", "./setup.py",
-                  *PIPELINE_FLAGS], tmp_path / "portable.log", services)
+                  *flags(library)], tmp_path / "portable.log", services)
     assert "Starting worker with command" in cluster["worker_pool"].service.log.read_text(), \
         "the worker pool started no SDK worker process"
 
@@ -224,7 +249,7 @@ def test_killing_a_dask_worker_mid_run_still_completes_the_outputs(library, refe
     with dask.client() as client:
         names = {addr: w["name"] for addr, w in client.scheduler_info()["workers"].items()}
         launcher = start_pipeline(["--input", str(library), "--output", str(out), *DASK_FLAGS,
-                                   "--dask_client_address", address, *PIPELINE_FLAGS], log)
+                                   "--dask_client_address", address, *flags(library)], log)
         try:
             victim, seen_at = None, None
             while launcher.poll() is None and victim is None:
@@ -266,13 +291,15 @@ def test_pipeline_graph_names_no_file_of_the_launching_machine(library, tmp_path
     no DoFn carries a path of the checkout, site-packages, the weights or the home
     folder (source file names of pickled functions aside: they are only shown in
     tracebacks), and the only paths in the graph are the input photos under --input."""
-    options = PipelineOptions(["--input", str(library), "--output", str(tmp_path / "out")])
+    options = PipelineOptions(["--input", str(library), "--output", str(tmp_path / "out"),
+                               "--known_people", str(known_folder(library))])
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
     listing = list_photos(opts.input)
     p = beam.Pipeline(options=options)
     settings = inference_settings(opts, describe_embedder(opts.embedder, opts.embedder_weights))
-    build(p, opts, plan_reuse(None, listing, settings), "graphcheck", settings)
+    build(p, opts, plan_reuse(None, listing, settings), "graphcheck", settings,
+          load_naming(opts.known_people, settings, opts.embedder_weights))
     local = (str(REPO), sysconfig.get_paths()["purelib"], str(Path.home()),
              *(str(weights.resolve(name)) for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", "dlib-resnet")))
 
