@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Thresholds:
     """verify: same person iff Euclidean distance < verify; name/margin: the naming rule
-    of pipeline.known_people.name_people (cluster-to-name centroid distance < name, and
+    of pipeline.naming.name_people (cluster-to-name centroid distance < name, and
     the second-best name at least `margin` further)."""
 
     verify: float
