@@ -9,6 +9,9 @@ never read. Candidates:
   template         least-squares similarity from MTCNN's 5 landmarks to DLIB_TEMPLATE
   template+flip    the same, averaged with the embedding of the mirrored chip
   template+zoom    averaged over the template scaled 0.95x and 1.05x about its centre
+  mouth<w>+flip    template+flip with the mouth corners' least-squares weight w (0.5, 0):
+                   the mouth moves with expression, the eyes and nose do not (dlib's own
+                   5-point alignment uses no mouth point)
   box              FaceNet's crop: MTCNN box + 40 px margin, resized
   dlib             dlib's own chip (HOG detector + 5-point predictor + get_face_chip_details),
                    MTCNN's template where dlib finds no face: the alignment the network
@@ -155,6 +158,10 @@ def main() -> None:
         "dlib": [embed_chips(model, images, dlib, "dlib")],
         "dlib-regressed": [embed_chips(model, images, regressed, "dlib-regressed")],
     }
+    for w in (0.5, 0.0):
+        weighted = similarity_transform(landmarks, np.asarray(DLIB_TEMPLATE), np.array([1, 1, 1, w, w]))
+        candidates[f"mouth{w:g}+flip"] = [embed_chips(model, images, weighted, f"mouth{w:g}", mirror=m)
+                                          for m in (False, True)]
     for name, views in candidates.items():
         emb = np.sum(views, axis=0)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)

@@ -90,7 +90,7 @@ PEOPLE = pa.schema([
 #: Parquet key-value metadata. photos/ and faces/ files carry the InferenceSettings
 #: (pipeline.inference) they were computed with, as JSON; clusters/ files carry the
 #: user's next unused person id (pipeline.person_ids), as a decimal string; people/
-#: files the naming rule they were named with (pipeline.known_people.Naming), as JSON.
+#: files the naming rule they were named with (pipeline.naming.Naming), as JSON.
 SETTINGS_KEY = b"facegroup.inference_settings"
 NEXT_PERSON_ID_KEY = b"facegroup.next_person_id"
 NAMING_KEY = b"facegroup.naming"
