@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,20 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
 
 
+def _saved_batches(todo: list, batch_size: int, cache: NpzCache, verb: str | None) -> Iterator[list]:
+    """Yield `todo` in batches; the caller fills `cache`, saved every 20 batches and at the
+    end (long runs survive interruption); progress on stderr as `verb n/total` when given."""
+    for start in range(0, len(todo), batch_size):
+        yield todo[start:start + batch_size]
+        if verb:
+            print(f"\r{verb} {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
+        if (start // batch_size) % 20 == 19:
+            cache.save()
+    cache.save()
+    if verb and todo:
+        print(file=sys.stderr)
+
+
 def detect_centre_faces(paths: list[Path], cache_dir: Path = CACHE, batch_size: int = 32,
                         detector: MTCNN | None = None, progress: bool = False) -> list[dict[str, np.ndarray]]:
     """Per image: box (4,), landmarks (5,2) and detected () of the face nearest its centre.
@@ -91,8 +106,7 @@ def detect_centre_faces(paths: list[Path], cache_dir: Path = CACHE, batch_size: 
     keys = [file_sha256(p) for p in paths]
     todo = sorted({k: p for k, p in zip(keys, paths) if k not in cache.entries}.items())
     detector = detector or (MTCNN() if todo else None)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+    for chunk in _saved_batches(todo, batch_size, cache, "detected" if progress else None):
         images = [np.asarray(Image.open(p).convert("RGB")) for _, p in chunk]
         for (key, _), image, det in zip(chunk, images, detector.detect(images)):
             i = centre_face(det, image.shape[1], image.shape[0])
@@ -103,13 +117,6 @@ def detect_centre_faces(paths: list[Path], cache_dir: Path = CACHE, batch_size: 
             else:
                 cache.entries[key] = {"box": det.boxes[i], "landmarks": det.landmarks[i],
                                       "detected": np.array(True), "size": size}
-        if progress:
-            print(f"\rdetected {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
-        if (start // batch_size) % 20 == 19:
-            cache.save()
-    cache.save()
-    if progress and todo:
-        print(file=sys.stderr)
     found = [e for e in cache.entries.values() if e["detected"]]
     mean = np.mean([e["landmarks"] / e["size"] for e in found], axis=0) if found else np.full((5, 2), 0.5)
     out = []
@@ -131,8 +138,7 @@ def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", ca
     cache = NpzCache(cache_dir / f"{_safe(model.name + '-' + model.version)}.emb.npz")
     keys = [file_sha256(p) for p in paths]
     todo = sorted({k: (p, f) for k, p, f in zip(keys, paths, faces) if k not in cache.entries}.items())
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+    for chunk in _saved_batches(todo, batch_size, cache, "embedded" if progress else None):
         chips = np.concatenate([
             align_faces(np.asarray(Image.open(p).convert("RGB")),
                         Detections(boxes=f["box"][None], scores=np.ones(1, np.float32), landmarks=f["landmarks"][None]),
@@ -140,12 +146,5 @@ def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", ca
             for _, (p, f) in chunk])
         for (key, _), emb in zip(chunk, model.embed(chips)):
             cache.entries[key] = {"embedding": emb}
-        if progress:
-            print(f"\rembedded {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
-        if (start // batch_size) % 20 == 19:
-            cache.save()
-    cache.save()
-    if progress and todo:
-        print(file=sys.stderr)
     embeddings = np.stack([cache.entries[k]["embedding"] for k in keys]).astype(np.float32)
     return embeddings, np.array([bool(f["detected"]) for f in faces])
