@@ -7,7 +7,7 @@ the false-reject rate (same pairs at distance >= threshold) and accuracy; then t
 agreement of the decision with the label on 500 seeded View-2 pairs (tests/test_identify.py
 asserts the same sample).
 
-Naming (pipeline.known_people.name_people): user-shaped libraries of the clustering
+Naming (pipeline.naming.name_people): user-shaped libraries of the clustering
 harness (bench/cluster_eval.user_libraries, long-tailed, clustered with the pipeline's
 default clustering); per library, every identity that has photos outside the library is
 a known person with probability 1/2 (1-3 of those other photos as references), plus 5

@@ -1,7 +1,7 @@
 """Face alignment: map detected faces onto an embedder's canonical chip.
 
-Two modes, both expressed as one 2x3 affine matrix per face so that a single batched
-``grid_sample`` warps every face of a photo at once:
+Two modes, both expressed as one 2x3 affine matrix per face, which `warp_faces` samples
+bilinearly (from an average-pooled copy where a face shrinks by 2x or more):
 
 - ``landmarks``: least-squares similarity transform (rotation, uniform scale,
   translation) from the 5 MTCNN landmarks to the embedder's template;

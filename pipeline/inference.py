@@ -50,13 +50,17 @@ class InferenceSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def describe_embedder(name: str, weights: str | None) -> EmbedderInfo:
-    """Load the embedder once on the launching machine: validates --embedder and
-    --embedder_weights before any worker starts, and gives the version and dimension
-    that every output file is written with."""
+def launcher_embedder(name: str, weights: str | None) -> Any:
+    """Load the embedder once on the launching machine (CPU): validates --embedder and
+    --embedder_weights before any worker starts; gives the version and dimension that
+    every output file is written with, and embeds --known_people's reference faces."""
     from models.embedders import get_embedder
 
-    embedder = get_embedder(name, "cpu", weights)
+    return get_embedder(name, "cpu", weights)
+
+
+def embedder_info(embedder: Any) -> EmbedderInfo:
+    """What the outputs record about a loaded models.embedders.Embedder."""
     return EmbedderInfo(embedder.name, embedder.version, embedder.dim, embedder.lineage)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.embedders import Embedder, get_embedder
+from models.embedders import Embedder
 from models.mtcnn import MTCNN
 from pipeline.inference import InferenceSettings
 from pipeline.naming import KnownPeople, Naming
@@ -66,7 +66,7 @@ def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max
     """Embed the largest face of every reference photo under `root` with `embedder`
     (detection options as in photo_faces: a run passes its own), READ_BATCH photos at a time."""
     root = Path(root)
-    embeddings, names, user_ids, paths, skipped = [], [], [], [], []
+    embeddings, names, user_ids, skipped = [], [], [], []
     refs = reference_photos(root)
     for start in range(0, len(refs), READ_BATCH):
         photos, readable = [], []
@@ -86,21 +86,20 @@ def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max
             embeddings.append(faces.embeddings[i])
             names.append(name)
             user_ids.append(user_id)
-            paths.append(rel)
     if not embeddings:
         raise ValueError(f"--known_people: no face found in any photo under {root}")
     return KnownPeople(embedder.version, np.stack(embeddings).astype(np.float32), np.array(names),
-                       np.array(user_ids, dtype=object), paths, skipped)
+                       np.array(user_ids, dtype=object), skipped)
 
 
-def load_naming(folder: str, settings: InferenceSettings, embedder_weights: str | None) -> Naming:
+def load_naming(folder: str, settings: InferenceSettings, embedder: Embedder) -> Naming:
     """The Naming of a run: its thresholds and the folder's reference faces, detected and
-    embedded on this (launching) machine's CPU with the run's detector options and embedder.
+    embedded on this (launching) machine with the run's detector options and `embedder`
+    (the one the launcher loaded, pipeline.inference.launcher_embedder).
 
     Raises ValueError when no thresholds were derived for the embedder version, or when
-    the embedder loaded here is not the version the run's workers are checked against.
+    `embedder` is not the version the run's workers are checked against.
     """
-    embedder = get_embedder(settings.embedder.name, "cpu", embedder_weights)
     if embedder.version != settings.embedder.version:
         raise ValueError(f"--known_people: embedder {embedder.name} loaded as version {embedder.version}, but the run "
                          f"embeds with {settings.embedder.version}; names would compare unrelated distances")

@@ -24,15 +24,13 @@ class KnownPeople:
     """Embedded reference faces, M of them.
 
     embeddings: (M,D) float32; names: (M,) str; user_ids: (M,) the user a face belongs to,
-    None for shared known people; photo_paths: (M,) relative to the folder;
-    skipped: (photo path, reason) of reference photos that gave no face.
+    None for shared known people; skipped: (photo path, reason) of reference photos that gave no face.
     """
 
     embedder_version: str
     embeddings: np.ndarray
     names: np.ndarray
     user_ids: np.ndarray
-    photo_paths: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def for_user(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Static HTML report of the pipeline's Parquet outputs: browse each user's people like a photo app.
 
-Why: users judge the grouping by looking at it. The report is rebuilt from photos/, faces/, clusters/
-and failures/ alone (no re-detection), works offline as plain files, runs no script at all (every page
+Why: users judge the grouping by looking at it. The report is rebuilt from photos/, faces/, clusters/,
+failures/ and people/ alone (no re-detection), works offline as plain files, runs no script at all (every page
 carries a Content-Security-Policy with no script source, and every printed value is HTML-escaped by
 `el`), and pages big users so that a user with 10,000 faces opens fast.
 
@@ -50,9 +50,10 @@ LABEL_EM = 0.66  # average width of a bold sans-serif character, in font sizes (
 _FACES = faces_schema(1)
 FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
                           ("user_id", "photo_path", "photo_sha256", "face_index", "face_key", "box", "thumbnail")])
-# A known person's name may come as a `name` column of clusters/ or in a people/ table (one row per
-# person): both are read when present and tolerated when absent (missing columns read as null).
-CLUSTER_COLUMNS = CLUSTERS if "name" in CLUSTERS.names else CLUSTERS.append(pa.field("name", pa.string()))
+# A known person's name may come as the `name` column of clusters/ or in a people/ table (one row
+# per person): both are read when present and tolerated when absent (outputs written before names
+# existed read the column as null).
+CLUSTER_COLUMNS = CLUSTERS
 PEOPLE_COLUMNS = pa.schema([pa.field("user_id", pa.string()), pa.field("person_id", pa.int32()),
                             pa.field("name", pa.string())])
 

@@ -73,10 +73,6 @@ class ReusePlan:
     parts: list[PreviousPart]
     previous: str | None = None
 
-    @property
-    def reusable(self) -> int:
-        return sum(1 for ref in self.listing.photos if ref.reuse_sha256)
-
     def batches(self, size: int) -> list[tuple[PhotoRef, ...]]:
         """Photo batches, reusable photos apart from the others (listing order within
         each): the photos that need inference fill whole batches, instead of one new

@@ -40,7 +40,7 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline import schemas
 from pipeline.decode import LoadPhotos
-from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, describe_embedder
+from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, embedder_info, launcher_embedder
 from pipeline.inputs import Listing, list_photos
 from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
@@ -258,7 +258,8 @@ def run(argv: list[str] | None = None) -> RunSummary:
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
     listing = list_photos(opts.input)
-    embedder = describe_embedder(opts.embedder, opts.embedder_weights)
+    model = launcher_embedder(opts.embedder, opts.embedder_weights)
+    embedder = embedder_info(model)
     settings = inference_settings(opts, embedder)
     previous = resolve_previous(opts.previous, opts.output)
     plan = plan_reuse(previous, listing, settings)
@@ -266,7 +267,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     if opts.known_people:
         from pipeline.known_people import load_naming  # loads torch models: only when asked
 
-        naming = load_naming(opts.known_people, settings, opts.embedder_weights)
+        naming = load_naming(opts.known_people, settings, model)
     run_id = uuid.uuid4().hex[:12]
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):

@@ -30,7 +30,7 @@ from models.weights import file_sha256
 from models.mtcnn import MTCNN, Detections, centre_face
 from pipeline import schemas, search, verify
 from pipeline.decode import encode_jpeg
-from pipeline.inference import InferenceSettings, describe_embedder
+from pipeline.inference import InferenceSettings, embedder_info
 from pipeline.known_people import load_known_people, load_naming, reference_photos
 from pipeline.naming import people_table
 from pipeline.outputs import WriteUserTables
@@ -212,14 +212,14 @@ def test_reference_face_is_the_largest_visible_one(lfw, detector, embedder):
     assert chosen == centre_face(Detections(det.boxes, det.scores, det.landmarks), 250, 250)
 
 
-def test_known_people_refuse_other_embedder_versions_and_missing_folders(lfw, tmp_path, capsys):
+def test_known_people_refuse_other_embedder_versions_and_missing_folders(lfw, embedder, tmp_path, capsys):
     """Distances from another embedder version mean nothing: refused before any run."""
     folder = copy_photos(tmp_path / "known", {"Aaron": [lfw / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"]})
-    info = describe_embedder("dlib-resnet", None)
+    info = embedder_info(embedder)
     other = InferenceSettings(replace(info, version="dlib-v1-000000000000/lm150-v1"), 20, 0.9, 1600)
     with pytest.raises(ValueError, match="but the run embeds with dlib-v1-000000000000"):
-        load_naming(str(folder), other, None)
-    naming = load_naming(str(folder), InferenceSettings(info, 20, 0.9, 1600), None)
+        load_naming(str(folder), other, embedder)
+    naming = load_naming(str(folder), InferenceSettings(info, 20, 0.9, 1600), embedder)
     assert naming.known.names.tolist() == ["Aaron"] and naming.threshold == thresholds_for(info.version).name
     with pytest.raises(ValueError, match="cannot name faces embedded with dlib-v1-000000000000"):
         WriteUserTables(str(tmp_path / "out"), "run", other, "agglomerative", naming)

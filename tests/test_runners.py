@@ -40,7 +40,7 @@ from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import weights
-from pipeline.inference import describe_embedder
+from pipeline.inference import embedder_info, launcher_embedder
 from pipeline.inputs import list_photos
 from pipeline.known_people import load_naming
 from pipeline.options import FaceGroupOptions, validate
@@ -297,9 +297,10 @@ def test_pipeline_graph_names_no_file_of_the_launching_machine(library, tmp_path
     validate(opts)
     listing = list_photos(opts.input)
     p = beam.Pipeline(options=options)
-    settings = inference_settings(opts, describe_embedder(opts.embedder, opts.embedder_weights))
+    model = launcher_embedder(opts.embedder, opts.embedder_weights)
+    settings = inference_settings(opts, embedder_info(model))
     build(p, opts, plan_reuse(None, listing, settings), "graphcheck", settings,
-          load_naming(opts.known_people, settings, opts.embedder_weights))
+          load_naming(opts.known_people, settings, model))
     local = (str(REPO), sysconfig.get_paths()["purelib"], str(Path.home()),
              *(str(weights.resolve(name)) for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", "dlib-resnet")))
 
