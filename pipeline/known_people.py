@@ -20,8 +20,8 @@ from models.embedders import Embedder
 from models.mtcnn import MTCNN
 from pipeline.inference import InferenceSettings
 from pipeline.naming import KnownPeople, Naming
-from pipeline.options import DEFAULT_MIN_DET_SCORE
-from pipeline.photo_faces import MAX_DETECT_SIDE, faces_in, largest_face, read_photo
+from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE
+from pipeline.photo_faces import faces_in, largest_face, read_photo
 from pipeline.thresholds import thresholds_for
 from pipeline.users import user_id_problem
 
@@ -61,7 +61,7 @@ def reference_photos(root: Path) -> list[tuple[str | None, str, Path]]:
     return found
 
 
-def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = MAX_DETECT_SIDE,
+def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
                       min_det_score: float = DEFAULT_MIN_DET_SCORE) -> KnownPeople:
     """Embed the largest face of every reference photo under `root` with `embedder`
     (detection options as in photo_faces: a run passes its own), READ_BATCH photos at a time."""

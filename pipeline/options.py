@@ -20,6 +20,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: >= 0.986, and of the 12 other detections between 0.7 and 0.9, 9 were not faces (hands,
 #: fabric, blur) and 3 were faces cut by the photo edge: 0.9 drops mostly junk.
 DEFAULT_MIN_DET_SCORE = 0.9
+DEFAULT_MIN_FACE_SIZE = 20
+DEFAULT_MAX_DETECT_SIDE = 1600
+DEFAULT_MAX_PIXELS = 200_000_000
 
 
 class FaceGroupOptions(PipelineOptions):
@@ -57,18 +60,18 @@ class FaceGroupOptions(PipelineOptions):
                  "its lineage is recorded in the faces/ Parquet metadata); default: its package resource "
                  "(python -m models.weights).")
         parser.add_argument(
-            "--min_face_size", type=int, default=20,
+            "--min_face_size", type=int, default=DEFAULT_MIN_FACE_SIZE,
             help="smallest face MTCNN looks for, in detection-image pixels (default 20).")
         parser.add_argument(
             "--min_det_score", type=float, default=DEFAULT_MIN_DET_SCORE,
             help=f"keep detections whose MTCNN score is at least this (0-1; default "
                  f"{DEFAULT_MIN_DET_SCORE}; MTCNN itself already drops scores below 0.7).")
         parser.add_argument(
-            "--max_detect_side", type=int, default=1600,
+            "--max_detect_side", type=int, default=DEFAULT_MAX_DETECT_SIDE,
             help="photos are downscaled to this longest side for detection; faces are still aligned "
                  "from full-resolution pixels and boxes reported in them (default 1600).")
         parser.add_argument(
-            "--max_pixels", type=int, default=200_000_000,
+            "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
             help="photos with more pixels than this fail at decode before any pixel is decoded "
                  "(decompression-bomb guard; default 200000000, a 200 MP camera).")
         parser.add_argument(

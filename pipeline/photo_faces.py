@@ -18,12 +18,7 @@ from models.embedders import Embedder
 from models.mtcnn import MTCNN
 from pipeline.decode import DecodeError, decode_photo
 from pipeline.inference import ScaledDetections, confident, full_resolution
-from pipeline.options import DEFAULT_MIN_DET_SCORE
-
-#: Longest side of the copy the detector sees (the pipeline's --max_detect_side default).
-MAX_DETECT_SIDE = 1600
-#: Photos above this many pixels are refused (the pipeline's --max_pixels default).
-MAX_PIXELS = 200_000_000
+from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_DET_SCORE
 
 
 @dataclass
@@ -44,7 +39,7 @@ class PhotoFaces:
         return len(self.embeddings)
 
 
-def read_photo(path: str | Path, max_detect_side: int = MAX_DETECT_SIDE) -> tuple[np.ndarray, np.ndarray]:
+def read_photo(path: str | Path, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE) -> tuple[np.ndarray, np.ndarray]:
     """(image (H,W,3), detect_image (h,w,3)) uint8 RGB of the photo file at `path`.
 
     Both in displayed orientation; detect_image is scaled to longest side <= max_detect_side.
@@ -53,7 +48,7 @@ def read_photo(path: str | Path, max_detect_side: int = MAX_DETECT_SIDE) -> tupl
     if not path.is_file():
         raise FileNotFoundError(f"photo {path} not found")
     try:
-        image, detect_image, _ = decode_photo(path.read_bytes(), MAX_PIXELS, max_detect_side)
+        image, detect_image, _ = decode_photo(path.read_bytes(), DEFAULT_MAX_PIXELS, max_detect_side)
     except DecodeError as exc:
         raise ValueError(f"cannot read photo {path}: {exc}") from None
     return image, detect_image
@@ -80,7 +75,7 @@ def faces_in(photos: Sequence[tuple[np.ndarray, np.ndarray]], detector: MTCNN, e
             for (image, _), det, c, e in zip(photos, dets, chips, np.split(embeddings, ends[:-1]))]
 
 
-def photo_faces(path: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = MAX_DETECT_SIDE,
+def photo_faces(path: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
                 min_det_score: float = DEFAULT_MIN_DET_SCORE) -> PhotoFaces:
     """Read the photo at `path`, then detect, align and embed every face in it (defaults:
     the pipeline's; a run's own --max_detect_side and --min_det_score may be passed)."""

@@ -27,12 +27,13 @@ import pyarrow.parquet as pq
 
 from models.embedders import Embedder, get_embedder
 from models.mtcnn import MTCNN
-from pipeline import schemas
 from pipeline.decode import encode_jpeg
-from pipeline.options import DEFAULT_MIN_DET_SCORE
-from pipeline.photo_faces import MAX_DETECT_SIDE, PhotoFaces, photo_faces
+from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE, DEFAULT_MIN_FACE_SIZE
+from pipeline.outputs import face_embeddings, table_path
+from pipeline.photo_faces import PhotoFaces, photo_faces
+from pipeline.reuse import recorded_settings
 from pipeline.thresholds import thresholds_for
-from pipeline.users import encode_user_id, user_folder
+from pipeline.users import encode_user_id
 
 #: Columns needed to rank (thumbnails are read only for the matches shown).
 RANK_COLUMNS = ["photo_path", "face_index", "face_key", "embedder", "embedder_version", "embedding"]
@@ -50,9 +51,9 @@ class UserFaces:
     photo_paths: np.ndarray
     face_indices: np.ndarray
     face_keys: np.ndarray
-    min_face_size: int = 20
+    min_face_size: int = DEFAULT_MIN_FACE_SIZE
     min_det_score: float = DEFAULT_MIN_DET_SCORE
-    max_detect_side: int = MAX_DETECT_SIDE
+    max_detect_side: int = DEFAULT_MAX_DETECT_SIDE
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Match:
 
 def faces_file(output: Path, user_id: str) -> Path:
     """The faces/ Parquet file of `user_id` under the pipeline output `output`."""
-    return output / "faces" / user_folder(user_id) / "part-0.parquet"
+    return Path(table_path(str(output), "faces", user_id))
 
 
 def load_user_faces(output: Path, user_id: str) -> UserFaces:
@@ -83,10 +84,8 @@ def load_user_faces(output: Path, user_id: str) -> UserFaces:
     versions = pc.unique(table["embedder_version"]).to_pylist()
     if len(embedders) != 1 or len(versions) != 1:
         raise ValueError(f"{path} mixes embedders {embedders} / versions {versions}; re-run the pipeline")
-    column = table["embedding"].combine_chunks()
-    dim = column.type.list_size
-    embeddings = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    settings = json.loads((table.schema.metadata or {}).get(schemas.SETTINGS_KEY, b"{}"))  # InferenceSettings
+    embeddings = face_embeddings(table)
+    settings = json.loads(recorded_settings(table) or b"{}")  # InferenceSettings
     detection = {k: settings[k] for k in ("min_face_size", "min_det_score", "max_detect_side") if k in settings}
     return UserFaces(path, embedders[0], versions[0], embeddings,
                      np.array(table["photo_path"].to_pylist(), dtype=object),
