@@ -37,7 +37,8 @@ from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
 from bench.lfw_verify import best_threshold, pair_distances  # noqa: E402
 from models.embedders import get_embedder  # noqa: E402
 from pipeline.cluster import cluster_faces  # noqa: E402
-from pipeline.naming import cluster_centroids, name_distances  # noqa: E402
+from pipeline.cluster import cluster_means  # noqa: E402
+from pipeline.naming import name_distances  # noqa: E402
 
 #: Naming may give a wrong name to at most this fraction of the dev clusters.
 MAX_WRONG_NAME_RATE = 0.005
@@ -114,7 +115,7 @@ def cluster_matches(scenarios: list[Scenario], embedder: str) -> ClusterMatches:
     for s in scenarios:
         x = emb[[index[p] for p in s.library.paths]]
         person = cluster_faces(x).person_id
-        ids, centroids, _ = cluster_centroids(x, person)
+        ids, centroids, _ = cluster_means(x, person)
         refs = [(name, index[p]) for name, ps in s.known.items() for p in ps]
         names, dist = name_distances(centroids, emb[[i for _, i in refs]], np.array([n for n, _ in refs]))
         order = np.argsort(dist, axis=1)

@@ -252,6 +252,17 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def cluster_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels (K,) sorted, means (K,D) float64, counts (K,)) of the rows of x (N,D) per
+    label of labels (N,) int; rows labelled -1 (unclustered) belong to no group."""
+    labels = np.asarray(labels)
+    valid = labels >= 0
+    ids, inverse, counts = np.unique(labels[valid], return_inverse=True, return_counts=True)
+    means = np.zeros((len(ids), np.shape(x)[1]))
+    np.add.at(means, inverse, np.asarray(x, dtype=np.float64)[valid])
+    return ids, means / np.maximum(counts, 1)[:, None], counts
+
+
 def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, **params) -> ClusterResult:
     """Cluster embeddings (N,D) into people with `method` (one of METHODS).
 
@@ -269,14 +280,10 @@ def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, **params
         raise ValueError("embeddings contain NaN or infinite values")
     labels = ESTIMATORS[method](**params).fit_predict(x) if len(x) > 1 else np.full(len(x), -1)
     person = canonical_labels(labels)
-    n_people = int(person.max()) + 1 if len(person) else 0
     valid = person >= 0
-    sizes = np.bincount(person[valid], minlength=n_people)
+    _, centres, sizes = cluster_means(x, person)  # canonical labels are 0..K-1, all used
     cluster_size = np.ones(len(x), dtype=np.int32)
     cluster_size[valid] = sizes[person[valid]]
-    centres = np.zeros((n_people, x.shape[1]), dtype=np.float64)
-    np.add.at(centres, person[valid], x[valid])
-    centres /= np.maximum(sizes, 1)[:, None]
     distance = np.zeros(len(x), dtype=np.float32)
     distance[valid] = np.linalg.norm(x[valid] - centres[person[valid]], axis=1)
     return ClusterResult(person, cluster_size, distance)

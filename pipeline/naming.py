@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cluster import cluster_means
 from pipeline.schemas import NAMING_KEY, PEOPLE
 
 
@@ -47,9 +48,7 @@ def name_distances(person_centroids: np.ndarray, known_embeddings: np.ndarray,
     A name's centroid is the mean of its reference faces.
     """
     names, inverse = np.unique(np.asarray(known_names), return_inverse=True)
-    centres = np.zeros((len(names), np.shape(known_embeddings)[1]))
-    np.add.at(centres, inverse, np.asarray(known_embeddings, dtype=np.float64))
-    centres /= np.bincount(inverse)[:, None]
+    _, centres, _ = cluster_means(known_embeddings, inverse)
     centroids = np.asarray(person_centroids, dtype=np.float64)
     return names, np.linalg.norm(centroids[:, None, :] - centres[None, :, :], axis=2)
 
@@ -77,19 +76,6 @@ def name_people(person_centroids: np.ndarray, person_ids: np.ndarray, known_embe
             for k, p in enumerate(person_ids)]
 
 
-def cluster_centroids(embeddings: np.ndarray, person_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(person_ids (K,), centroids (K,D), face counts (K,)) of the clusters person_id >= 0.
-
-    embeddings: (N,D); person_id: (N,) with -1 for unclustered faces (no centroid).
-    """
-    person_id = np.asarray(person_id)
-    valid = person_id >= 0
-    ids, inverse, counts = np.unique(person_id[valid], return_inverse=True, return_counts=True)
-    centroids = np.zeros((len(ids), embeddings.shape[1]))
-    np.add.at(centroids, inverse, np.asarray(embeddings, dtype=np.float64)[valid])
-    return ids, centroids / np.maximum(counts, 1)[:, None], counts
-
-
 def people_table(user_id: str, person_id: np.ndarray, embeddings: np.ndarray,
                  known_embeddings: np.ndarray, known_names: np.ndarray,
                  threshold: float = 0.0, margin: float = 0.0) -> pa.Table:
@@ -99,7 +85,7 @@ def people_table(user_id: str, person_id: np.ndarray, embeddings: np.ndarray,
     embeddings: (N,D) the same faces; known_*: from KnownPeople.for_user (may be empty:
     then every name and match distance is null, whatever threshold and margin).
     """
-    ids, centroids, counts = cluster_centroids(embeddings, person_id)
+    ids, centroids, counts = cluster_means(embeddings, person_id)
     named = name_people(centroids, ids, known_embeddings, known_names, threshold, margin)
     return pa.table({
         "user_id": pa.array([user_id] * len(ids), pa.string()),

@@ -179,8 +179,10 @@ def face_embeddings(faces: pa.Table) -> np.ndarray:
     return faces.column("embedding").combine_chunks().flatten().to_numpy().reshape(faces.num_rows, dim)
 
 
-def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None = None) -> pa.Table:
-    """clusters/ rows for a user's faces table (sorted by face_key), person ids carried
+def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
+                   previous: PreviousPeople | None = None) -> pa.Table:
+    """clusters/ rows for a user's faces table (sorted by face_key) and its embeddings
+    (N,D) (`face_embeddings`), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
     Names are left null (`with_names` fills them).
 
@@ -197,7 +199,7 @@ def clusters_table(faces: pa.Table, method: str, previous: PreviousPeople | None
                          f"different embedders together ({names}); re-embed them with one --embedder")
     n = faces.num_rows
     if n:
-        result = cluster_faces(face_embeddings(faces), method)
+        result = cluster_faces(embeddings, method)
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)
@@ -229,9 +231,9 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: Infere
     ordered = [previous.resolve(o) for o in unique]
     faces = faces_table(user_id, ordered, settings.embedder)
     recorded = {schemas.SETTINGS_KEY: settings.to_json().encode()}
-    clusters = clusters_table(faces, method, previous.people)
-    person = clusters.column("person_id").to_numpy()
     x = face_embeddings(faces)
+    clusters = clusters_table(faces, x, method, previous.people)
+    person = clusters.column("person_id").to_numpy()
     people = naming.people(user_id, person, x) if naming else people_table(user_id, person, x, x[:0], np.array([]))
     tables = {"photos": photos_table(user_id, ordered).replace_schema_metadata(recorded),
               "faces": faces.replace_schema_metadata({**(faces.schema.metadata or {}), **recorded}),

@@ -23,7 +23,7 @@ from models.mtcnn import MTCNN
 from pipeline import schemas
 from pipeline.decode import DecodeError, decode_photo
 from pipeline.inference import EmbedderInfo, FaceModels, InferenceSettings, process_batch
-from pipeline.outputs import RUNS, TABLES, WriteUserTables, clusters_table, faces_table
+from pipeline.outputs import RUNS, TABLES, WriteUserTables, clusters_table, face_embeddings, faces_table
 from pipeline.records import DecodedPhoto, PhotoOutcome
 from pipeline.run import finalise, run
 from pipeline.users import user_folder, user_id_problem
@@ -114,7 +114,8 @@ def test_mixed_embedders_are_never_clustered_together():
     one = faces_table("u", [outcome("u", "a.jpg", "aa", 2)], info)
     other = faces_table("u", [outcome("u", "b.jpg", "bb", 1)], EmbedderInfo("facenet", "v9", 4))
     with pytest.raises(ValueError, match="refusing to cluster faces of user u .*dlib-resnet v1, facenet v9"):
-        clusters_table(pa.concat_tables([one, other]), "agglomerative")
+        both = pa.concat_tables([one, other])
+        clusters_table(both, face_embeddings(both), "agglomerative")
 
 
 def test_rewriting_a_user_is_idempotent_and_finalise_removes_stale_users(tmp_path):
