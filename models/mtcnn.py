@@ -14,9 +14,10 @@ throughput:
   every output inside a photo equals that of the photo run alone, and outputs outside it
   are discarded. Photos are packed into batches that bound the padding wasted.
 * CPU layouts chosen by measurement: ceil-mode max pools as strided maxima (same values,
-  2-8x faster than torch's kernels), P-Net's conv2/conv3 and all of R-/O-Net
-  channels-last, P-Net's two 1x1 heads as one matmul, and network calls sized so that
-  activations stay in cache.
+  2-8x faster than torch's kernels), all three nets channels-last (pyramid levels are
+  written in that layout), P-Net's two 1x1 heads as one matmul, and network calls sized
+  so that activations stay in cache: many small levels per call, a big level in bands
+  of rows (together ~9% faster on 1280x960 photos than NCHW, whole levels).
 * NMS is the vectorised greedy NMS of ``models.box_ops``.
 
 Where facenet-pytorch crops a box sticking out of the photo it clips the box to the photo
@@ -126,14 +127,14 @@ class PNet(nn.Module):
         sizes (B,2) long: valid height, width of each zero-padded photo in x; outputs are
         then exact for each photo's own region, h = ceil((H-2)/2) - 4 likewise for w.
         """
-        x = self.prelu1(self.conv1(x))
+        x = self.prelu1(self.conv1(x.contiguous(memory_format=torch.channels_last)))
         if sizes is not None:
             rows = torch.arange(x.shape[2], device=x.device) >= (sizes[:, :1] - 2)
             cols = torch.arange(x.shape[3], device=x.device) >= (sizes[:, 1:] - 2)
             x.masked_fill_(rows[:, None, :, None] | cols[:, None, None, :], float("-inf"))
         # conv2/conv3 run channels-last (2.5x / 1.2x faster on CPU); conv1, whose 3 input
         # channels gain little, and the 2x2 pool stay NCHW, where they are fastest.
-        x = _max_pool(x, 2).contiguous(memory_format=torch.channels_last)
+        x = _max_pool(x, 2)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         # Both 1x1 heads as one matmul over the (pixels, 32) channels-last features, out
@@ -444,11 +445,13 @@ class MTCNN:
                 sizes = torch.tensor([shapes[k] for k in batch], device=device)
                 height, width = (int(v) for v in sizes.max(dim=0).values)
                 padded = bool((sizes != sizes.new_tensor([height, width])).any())
-                x = (torch.zeros if padded else torch.empty)(
-                    len(photos), 3, height, width, device=device)
+                x = torch.empty(len(photos), 3, height, width, device=device,
+                                memory_format=torch.channels_last)
+                if padded:
+                    x.zero_()
                 for slot, (i, (h, w)) in enumerate(zip(photos, sizes.tolist())):
                     integral.level(i, x[slot, :, :h, :w])
-                reg, prob = self.pnet(x, sizes if padded else None)
+                reg, prob = self._pnet(x, sizes if padded else None)
                 hit = prob >= self.thresholds[0]
                 if padded:  # keep each photo's own P-Net output extent
                     out_sizes = (sizes - 1) // 2 - 4
@@ -477,6 +480,25 @@ class MTCNN:
         boxes = torch.stack([boxes[:, 0] + reg[:, 0] * w, boxes[:, 1] + reg[:, 1] * h,
                              boxes[:, 2] + reg[:, 2] * w, boxes[:, 3] + reg[:, 3] * h], dim=1)
         return _square(boxes), photo
+
+    def _pnet(self, x: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net over a level batch x (B,3,H,W); one photo bigger than the batch budget
+        runs as bands of rows overlapping by P-Net's 10-row reach beyond its stride (even
+        starts), so activations stay in cache; the bands' outputs tile the photo's exactly."""
+        height, width = x.shape[2], x.shape[3]
+        if sizes is not None or len(x) > 1 or height * width <= self._batch_pixels:
+            return self.pnet(x, sizes)
+        rows = max(32, self._batch_pixels // width) // 2 * 2
+        regs, probs = [], []
+        start = 0
+        while True:
+            stop = min(start + rows, height)
+            reg, prob = self.pnet(x[:, :, start:stop])
+            regs.append(reg)
+            probs.append(prob)
+            if stop == height:
+                return torch.cat(regs, dim=2), torch.cat(probs, dim=1)
+            start = stop - 10
 
     def _score(self, net: nn.Module, integral: _IntegralImages, boxes: torch.Tensor,
                photo: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:

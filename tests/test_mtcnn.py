@@ -137,6 +137,20 @@ def test_padded_pnet_batch_is_exact():
             torch.testing.assert_close(reg[k, :, :h, :w], r1[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("height", [577, 578, 601])
+def test_banded_pnet_equals_whole_level(detector, height):
+    """A level bigger than the batch budget runs in bands of rows: same outputs as one call
+    over the whole level, whatever the parity of its last band."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, height, 769).contiguous(memory_format=torch.channels_last)
+    assert height * 769 > detector._batch_pixels
+    with torch.inference_mode():
+        reg, prob = detector._pnet(x, None)
+        whole_reg, whole_prob = detector.pnet(x)
+    torch.testing.assert_close(prob, whole_prob, rtol=0, atol=1e-5)
+    torch.testing.assert_close(reg, whole_reg, rtol=0, atol=1e-5)
+
+
 def test_nms_hand_computed():
     boxes = torch.tensor([[0, 0, 10, 10],  # a
                           [3, 0, 13, 10],  # b: IoU(a,b) = 70/130
