@@ -12,7 +12,7 @@ a 200-photo run). A person id of the first run is kept when the cluster that hol
 its faces afterwards still carries it. The last line is the result (exit status 1 if the
 re-run takes 20% or more of the first run's pipeline time, or an id is lost):
 
-    rerun 200 photos: first 11.1 s, unchanged rerun 0.9 s (8%), +20 photos kept 50/50 person ids (process 18.3 s / 7.6 s)
+    rerun 200 photos: first 10.9 s, unchanged rerun 0.9 s (8%), +20 photos kept 50/50 person ids (process 17.6 s / 7.6 s)
 
     python -m bench.rerun_speed [-- extra pipeline/Beam flags]
 """

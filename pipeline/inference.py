@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -20,6 +20,9 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.decode import encode_jpeg
 from pipeline.records import DecodedPhoto, Face, PhotoOutcome, describe_error, failed_outcome
+
+if TYPE_CHECKING:  # models (torch) load lazily, where a run needs them
+    from models.embedders import Embedder
 
 THUMBNAIL_QUALITY = 85
 
@@ -50,7 +53,7 @@ class InferenceSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def launcher_embedder(name: str, weights: str | None) -> Any:
+def launcher_embedder(name: str, weights: str | None) -> Embedder:
     """Load the embedder once on the launching machine (CPU): validates --embedder and
     --embedder_weights before any worker starts; gives the version and dimension that
     every output file is written with, and embeds --known_people's reference faces."""
@@ -59,8 +62,8 @@ def launcher_embedder(name: str, weights: str | None) -> Any:
     return get_embedder(name, "cpu", weights)
 
 
-def embedder_info(embedder: Any) -> EmbedderInfo:
-    """What the outputs record about a loaded models.embedders.Embedder."""
+def embedder_info(embedder: Embedder) -> EmbedderInfo:
+    """What the outputs record about a loaded embedder."""
     return EmbedderInfo(embedder.name, embedder.version, embedder.dim, embedder.lineage)
 
 

@@ -61,7 +61,7 @@ class FaceGroupOptions(PipelineOptions):
                  "(python -m models.weights).")
         parser.add_argument(
             "--min_face_size", type=int, default=DEFAULT_MIN_FACE_SIZE,
-            help="smallest face MTCNN looks for, in detection-image pixels (default 20).")
+            help=f"smallest face MTCNN looks for, in detection-image pixels (default {DEFAULT_MIN_FACE_SIZE}).")
         parser.add_argument(
             "--min_det_score", type=float, default=DEFAULT_MIN_DET_SCORE,
             help=f"keep detections whose MTCNN score is at least this (0-1; default "
@@ -69,11 +69,11 @@ class FaceGroupOptions(PipelineOptions):
         parser.add_argument(
             "--max_detect_side", type=int, default=DEFAULT_MAX_DETECT_SIDE,
             help="photos are downscaled to this longest side for detection; faces are still aligned "
-                 "from full-resolution pixels and boxes reported in them (default 1600).")
+                 f"from full-resolution pixels and boxes reported in them (default {DEFAULT_MAX_DETECT_SIDE}).")
         parser.add_argument(
             "--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
             help="photos with more pixels than this fail at decode before any pixel is decoded "
-                 "(decompression-bomb guard; default 200000000, a 200 MP camera).")
+                 f"(decompression-bomb guard; default {DEFAULT_MAX_PIXELS}, a 200 MP camera).")
         parser.add_argument(
             "--max_file_bytes", type=int, default=512 << 20,
             help="files larger than this fail at read without being loaded (default 536870912).")
