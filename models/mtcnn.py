@@ -119,6 +119,20 @@ class PNet(nn.Module):
         self.prelu3 = nn.PReLU(32)
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
+        self.register_buffer("head_weight", torch.empty(5, 32), persistent=False)
+        self.register_buffer("head_bias", torch.empty(5), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.merge_heads())
+        self.merge_heads()
+
+    @torch.no_grad()
+    def merge_heads(self) -> None:
+        """Both 1x1 heads as one (5,32) layer, its first row the face logit minus the
+        non-face logit (a softmax over two logits is the sigmoid of their difference).
+        Buffers: refreshed whenever a state dict is loaded, moved by .to()."""
+        self.head_weight.copy_(torch.cat([self.conv4_1.weight[1:] - self.conv4_1.weight[:1],
+                                          self.conv4_2.weight]).flatten(1))
+        self.head_bias.copy_(torch.cat([self.conv4_1.bias[1:] - self.conv4_1.bias[:1],
+                                        self.conv4_2.bias]))
 
     def forward(self, x: torch.Tensor, sizes: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,14 +151,12 @@ class PNet(nn.Module):
         x = _max_pool(x, 2)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
-        # Both 1x1 heads as one matmul over the (pixels, 32) channels-last features, out
-        # (6, pixels): torch's conv2d has no fast path for 1x1 convs this narrow.
-        weight = torch.cat([self.conv4_1.weight, self.conv4_2.weight]).flatten(1)
-        bias = torch.cat([self.conv4_1.bias, self.conv4_2.bias])
+        # The merged heads as one matmul over the (pixels, 32) channels-last features, out
+        # (pixels, 5): torch's conv2d has no fast path for 1x1 convs this narrow.
         features = x.permute(0, 2, 3, 1)
-        out = torch.addmm(bias[:, None], weight, features.reshape(-1, x.shape[1]).t())
-        out = out.view(6, *features.shape[:3])
-        return out[2:].transpose(0, 1), torch.softmax(out[:2], dim=0)[1]
+        out = torch.addmm(self.head_bias, features.reshape(-1, x.shape[1]), self.head_weight.t())
+        out = out.view(*features.shape[:3], 5)
+        return out[..., 1:].permute(0, 3, 1, 2), torch.sigmoid(out[..., 0])
 
 
 class RNet(nn.Module):

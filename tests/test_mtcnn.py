@@ -137,6 +137,22 @@ def test_padded_pnet_batch_is_exact():
             torch.testing.assert_close(reg[k, :, :h, :w], r1[0], rtol=0, atol=1e-5)
 
 
+def test_merged_heads_equal_the_two_heads():
+    """P-Net's merged head equals its two 1x1 convs + softmax, also after a state dict
+    is loaded (the merged weights are derived buffers)."""
+    torch.manual_seed(2)
+    net, other = PNet().eval(), PNet().eval()
+    net.load_state_dict(other.state_dict())
+    x = torch.randn(2, 3, 30, 41)
+    with torch.inference_mode():
+        reg, prob = net(x)
+        features = net.prelu3(net.conv3(net.prelu2(net.conv2(
+            torch.nn.functional.max_pool2d(net.prelu1(net.conv1(x)), 2, ceil_mode=True)))))
+        expected = torch.softmax(net.conv4_1(features), dim=1)[:, 1]
+        torch.testing.assert_close(prob, expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(reg, net.conv4_2(features), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("height", [577, 578, 601])
 def test_banded_pnet_equals_whole_level(detector, height):
     """A level bigger than the batch budget runs in bands of rows: same outputs as one call
