@@ -18,6 +18,10 @@ never read. Candidates:
                    was trained with
   dlib-regressed   the template transform corrected towards dlib's by a ridge regression
                    (fitted on DevTrain images) from where MTCNN's landmarks land in the chip
+  box-dlib5/68     dlib's 5- or 68-point shape predictor run on MTCNN's box (moved and
+                   scaled like dlib's HOG box, median offsets fitted on DevTrain images),
+                   then dlib's chip: dlib's landmarks without dlib's detector; +flip, and
+                   averaged with template+flip (two landmark estimates)
 
 dlib (dlib-bin) is a development dependency, used here only as the reference aligner.
 Embeddings per candidate are cached under $FACEGROUP_CACHE/alignment.
@@ -66,21 +70,49 @@ def about_centre(scale: float, count: int) -> np.ndarray:
     return m
 
 
-def dlib_transforms(images: list[np.ndarray]) -> np.ndarray:
-    """(N,2,3) photo-to-chip transform of dlib's own chip of the centre face; NaN where
-    dlib's HOG detector finds no face."""
+def dlib_transforms(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,2,3) photo-to-chip transform of dlib's own chip of the centre face, and dlib's
+    HOG box (N,4) x1,y1,x2,y2 of it; NaN where the HOG detector finds no face."""
     import dlib
 
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(dlib_models_dir() / "shape_predictor_5_face_landmarks.dat"))
     out = np.full((len(images), 2, 3), np.nan)
+    rects = np.full((len(images), 4), np.nan)
     for k, image in enumerate(images):
-        rects = detector(image, 1)
-        if rects:
+        found = detector(image, 1)
+        if found:
             cx, cy = image.shape[1] / 2, image.shape[0] / 2
-            rect = min(rects, key=lambda r: np.hypot(r.center().x - cx, r.center().y - cy))
+            rect = min(found, key=lambda r: np.hypot(r.center().x - cx, r.center().y - cy))
             details = dlib.get_face_chip_details(predictor(image, rect), size=CHIP, padding=0.25)
             out[k] = dlib_chip_transform(details)
+            rects[k] = [rect.left(), rect.top(), rect.right(), rect.bottom()]
+    return out, rects
+
+
+def box_dlib_transforms(images: list[np.ndarray], boxes: np.ndarray, hog: np.ndarray,
+                        fit_rows: np.ndarray, points: int) -> np.ndarray:
+    """(N,2,3) chip transforms from dlib's `points`-point shape predictor run on MTCNN's
+    boxes (N,4), each moved and scaled as dlib's HOG boxes hog (N,4) sit relative to
+    MTCNN's (median over `fit_rows`, where HOG found the face)."""
+    import dlib
+
+    def centre_side(b: np.ndarray) -> np.ndarray:
+        return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                         np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))], axis=1)
+
+    ours, theirs = centre_side(boxes), centre_side(hog)
+    shift = np.median((theirs[fit_rows, :2] - ours[fit_rows, :2]) / ours[fit_rows, 2:], axis=0)
+    scale = np.median(theirs[fit_rows, 2] / ours[fit_rows, 2])
+    centre = ours[:, :2] + shift * ours[:, 2:]
+    half = ours[:, 2] * scale / 2
+    predictor = dlib.shape_predictor(
+        str(dlib_models_dir() / f"shape_predictor_{points}_face_landmarks.dat"))
+    out = np.empty((len(images), 2, 3))
+    for k, (image, (x, y), r) in enumerate(zip(images, centre, half)):
+        rect = dlib.rectangle(*(int(round(v)) for v in (x - r, y - r, x + r, y + r)))
+        details = dlib.get_face_chip_details(predictor(image, rect), size=CHIP, padding=0.25)
+        out[k] = dlib_chip_transform(details)
     return out
 
 
@@ -141,7 +173,7 @@ def main() -> None:
     model = Embedder(dataclasses.replace(base.config, flip=False), base.network, base.version.split("/")[0])
 
     template = similarity_transform(landmarks, np.asarray(DLIB_TEMPLATE))
-    dlib = dlib_transforms(images)
+    dlib, hog = dlib_transforms(images)
     found = ~np.isnan(dlib[:, 0, 0])
     print(f"dlib HOG found the centre face in {found.sum()} of {len(paths)} images")
     dlib = np.where(found[:, None, None], np.nan_to_num(dlib), template)
@@ -162,6 +194,13 @@ def main() -> None:
         weighted = similarity_transform(landmarks, np.asarray(DLIB_TEMPLATE), np.array([1, 1, 1, w, w]))
         candidates[f"mouth{w:g}+flip"] = [embed_chips(model, images, weighted, f"mouth{w:g}", mirror=m)
                                           for m in (False, True)]
+    for points in (5, 68):
+        chips = box_dlib_transforms(images, boxes, hog, found & is_train_image, points)
+        views = [embed_chips(model, images, chips, f"mtcnnbox-dlib{points}", mirror=m)
+                 for m in (False, True)]
+        candidates[f"box-dlib{points}"] = views[:1]
+        candidates[f"box-dlib{points}+flip"] = views
+        candidates[f"template+box-dlib{points}"] = candidates["template+flip"] + views
     for name, views in candidates.items():
         emb = np.sum(views, axis=0)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -169,7 +208,7 @@ def main() -> None:
         cv, _ = fold_accuracies(dist, same, folds)
         threshold = best_threshold(dist[is_test == 0], same[is_test == 0])
         dev_test = np.mean((dist[is_test == 1] < threshold) == same[is_test == 1])
-        print(f"{name:16s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
+        print(f"{name:24s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
               f"(t={threshold:.3f}); AUC {roc_auc_score(same, -dist):.5f}", flush=True)
 
 
