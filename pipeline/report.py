@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.schemas import CLUSTERS, FAILURES, PHOTOS, faces_schema
+from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, faces_schema
 
 PEOPLE_PER_PAGE = 120
 FACES_PER_PAGE = 300
@@ -53,9 +53,7 @@ FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
 # A known person's name may come as the `name` column of clusters/ or in a people/ table (one row
 # per person): both are read when present and tolerated when absent (outputs written before names
 # existed read the column as null).
-CLUSTER_COLUMNS = CLUSTERS
-PEOPLE_COLUMNS = pa.schema([pa.field("user_id", pa.string()), pa.field("person_id", pa.int32()),
-                            pa.field("name", pa.string())])
+PEOPLE_COLUMNS = pa.schema([PEOPLE.field(n) for n in ("user_id", "person_id", "name")])
 
 
 class Html(str):
@@ -179,7 +177,7 @@ class Tables:
     def __init__(self, output: Path) -> None:
         self.photos = self._open(output / "photos", PHOTOS)
         self.faces = self._open(output / "faces", FACE_COLUMNS)
-        self.clusters = self._open(output / "clusters", CLUSTER_COLUMNS)
+        self.clusters = self._open(output / "clusters", CLUSTERS)
         self.failures = self._open(output / "failures", FAILURES)
         self.people = self._open(output / "people", PEOPLE_COLUMNS)
 
