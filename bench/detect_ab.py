@@ -9,7 +9,9 @@ does not. The other version is a copy of models/mtcnn.py from any commit:
 
 Photos: the first --photos of bench/detect_speed.py's sets (built there, or here into
 --work-dir). Prints whether both versions give the same detections, per-round ms/photo,
-and last `detect A/B: before X ms/photo, now Y ms/photo (Z x)` from the medians.
+where the current version spends its time (wall ms/photo of each MTCNN stage, nested
+stages inside their parents, over all rounds), and last
+`detect A/B: before X ms/photo, now Y ms/photo (Z x)` from the medians.
 """
 from __future__ import annotations
 
@@ -47,6 +49,37 @@ def max_difference(a: list, b: list) -> str:
     return f"same face count on {same}/{len(a)} photos, max |box diff| {box:.1e} px, max |score diff| {score:.1e}"
 
 
+#: MTCNN stages timed in the current version: (label, object attribute path).
+STAGES = (("P-Net stage (pyramid + P-Net + NMS)", "_propose"), ("  P-Net calls", "_pnet"),
+          ("  pyramid levels", "integral.level"), ("R-Net stage (crops + R-Net)", "_refine"),
+          ("  R-Net calls", "rnet"), ("O-Net stage (crops + O-Net)", "_finish"),
+          ("  O-Net calls", "onet"), ("integral images", "integral.__init__"))
+
+
+def timed_stages(model: MTCNN) -> dict[str, float]:
+    """Wrap model's stages (STAGES) with wall-time accumulators; returns the seconds dict."""
+    import models.mtcnn as mtcnn
+
+    seconds = {label: 0.0 for label, _ in STAGES}
+
+    def wrap(label: str, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[label] += time.perf_counter() - start
+        return timed
+
+    for label, name in STAGES:
+        if name.startswith("integral."):
+            attr = name.split(".")[1]
+            setattr(mtcnn._IntegralImages, attr, wrap(label, getattr(mtcnn._IntegralImages, attr)))
+        else:
+            setattr(model, name, wrap(label, getattr(model, name)))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("before", type=Path, help="a copy of models/mtcnn.py from another commit")
@@ -72,6 +105,7 @@ def main() -> None:
     found = {k: [d for b in batches for d in m.detect(b)] for k, m in versions.items()}  # warm-up too
     print(f"{args.set}, {len(photos)} photos in batches of {photo_set.batch}: "
           f"{max_difference(found['before'], found['now'])}")
+    stages = timed_stages(versions["now"])
     times: dict[str, list[float]] = {k: [] for k in versions}
     for _ in range(args.rounds):
         for key, model in versions.items():
@@ -81,6 +115,9 @@ def main() -> None:
             times[key].append(1000 * (time.perf_counter() - start) / len(photos))
     for key, values in times.items():
         print(f"{key}: {', '.join(f'{v:.1f}' for v in values)} ms/photo")
+    per_photo = 1000 / (len(photos) * args.rounds)
+    for label, value in stages.items():
+        print(f"now, {label}: {value * per_photo:.1f} ms/photo")
     before, now = (statistics.median(times[k]) for k in ("before", "now"))
     print(f"detect A/B: before {before:.1f} ms/photo, now {now:.1f} ms/photo ({before / now:.2f}x)")
 
