@@ -19,8 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.align import align_faces  # noqa: E402
-from models.embedders import Embedder, get_embedder  # noqa: E402
+from models.embedders import EnsembleEmbedder, FaceEmbedder, get_embedder  # noqa: E402
 from models.weights import file_sha256  # noqa: E402
 from models.mtcnn import MTCNN, Detections, centre_face  # noqa: E402
 
@@ -129,20 +128,25 @@ def detect_centre_faces(paths: list[Path], cache_dir: Path = CACHE, batch_size: 
     return out
 
 
-def embed_images(paths: list[Path], embedder: str | Embedder = "dlib-resnet", cache_dir: Path = CACHE,
+def embed_images(paths: list[Path], embedder: str | FaceEmbedder = "dlib-resnet", cache_dir: Path = CACHE,
                  batch_size: int = 64, detector: MTCNN | None = None,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N,D) float32 of the centre face of each image, and detected (N,) bool."""
+    """Embeddings (N,D) float32 of the centre face of each image, and detected (N,) bool.
+
+    An ensemble is combined from its members' embeddings, each cached on its own."""
     model = get_embedder(embedder) if isinstance(embedder, str) else embedder
+    if isinstance(model, EnsembleEmbedder):
+        parts = [embed_images(paths, m, cache_dir, batch_size, detector, progress) for m in model.members]
+        return model.combine([emb for emb, _ in parts]), parts[0][1]
     faces = detect_centre_faces(paths, cache_dir, detector=detector, progress=progress)
     cache = NpzCache(cache_dir / f"{_safe(model.name + '-' + model.version)}.emb.npz")
     keys = [file_sha256(p) for p in paths]
     todo = sorted({k: (p, f) for k, p, f in zip(keys, paths, faces) if k not in cache.entries}.items())
     for chunk in _saved_batches(todo, batch_size, cache, "embedded" if progress else None):
         chips = np.concatenate([
-            align_faces(np.asarray(Image.open(p).convert("RGB")),
-                        Detections(boxes=f["box"][None], scores=np.ones(1, np.float32), landmarks=f["landmarks"][None]),
-                        model.align)
+            model.face_inputs(np.asarray(Image.open(p).convert("RGB")),
+                              Detections(boxes=f["box"][None], scores=np.ones(1, np.float32),
+                                         landmarks=f["landmarks"][None]))
             for _, (p, f) in chunk])
         for (key, _), emb in zip(chunk, model.embed(chips)):
             cache.entries[key] = {"embedding": emb}

@@ -5,7 +5,9 @@ bilinearly (from an average-pooled copy where a face shrinks by 2x or more):
 
 - ``landmarks``: least-squares similarity transform (rotation, uniform scale,
   translation) from the 5 MTCNN landmarks to the embedder's template;
-- ``box``: FaceNet's original crop, the detection box grown by a margin and resized.
+- ``box``: FaceNet's original crop, the detection box grown by a margin and resized (the
+  margin in chip pixels as facenet-pytorch counts it, or in photo pixels as davidsandberg's
+  align_dataset_mtcnn.py does, ``margin_space="photo"``).
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ class AlignSpec:
 
     template: (5,2) landmark positions in output-chip pixels (left eye, right eye, nose,
     left mouth corner, right mouth corner); weights: (5,) least-squares weight per point;
-    margin: for ``box`` mode, pixels of the output chip added around the box (FaceNet's
-    convention, as in facenet-pytorch's ``margin``).
+    margin: for ``box`` mode, pixels added around the box: of the output chip
+    (``margin_space="chip"``, facenet-pytorch's ``margin``) or of the photo, half on each
+    side (``"photo"``, davidsandberg's, which his published models were trained with).
     """
 
     mode: str
@@ -39,11 +42,14 @@ class AlignSpec:
     template: tuple[tuple[float, float], ...] = ()
     weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
     margin: float = 0.0
+    margin_space: str = "chip"
     tag: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("landmarks", "box"):
             raise ValueError(f"alignment mode must be 'landmarks' or 'box', got {self.mode!r}")
+        if self.margin_space not in ("chip", "photo"):
+            raise ValueError(f"margin_space must be 'chip' or 'photo', got {self.margin_space!r}")
         if self.mode == "landmarks" and np.asarray(self.template).shape != (5, 2):
             raise ValueError("landmark alignment needs a (5,2) template")
 
@@ -77,19 +83,22 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray,
     return np.concatenate([rot, t[:, :, None]], axis=2)
 
 
-def box_transform(boxes: np.ndarray, size: int, margin: float) -> np.ndarray:
+def box_transform(boxes: np.ndarray, size: int, margin: float, margin_space: str = "chip") -> np.ndarray:
     """Axis-aligned transforms for FaceNet's crop: box + margin resized to size x size.
 
-    boxes: (N,4) x1,y1,x2,y2. The margin is in output pixels, as in facenet-pytorch, so the
-    box grows by margin * box_side / (size - margin). Returns (N,2,3).
+    boxes: (N,4) x1,y1,x2,y2. A margin in chip pixels (facenet-pytorch) grows the box by
+    margin * box_side / (size - margin); in photo pixels (davidsandberg), by margin.
+    Returns (N,2,3).
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
-    x1 = boxes[:, 0] - margin * w / (size - margin) / 2
-    y1 = boxes[:, 1] - margin * h / (size - margin) / 2
-    sx = size / (w + margin * w / (size - margin))
-    sy = size / (h + margin * h / (size - margin))
+    grow_w, grow_h = ((margin, margin) if margin_space == "photo"
+                      else (margin * w / (size - margin), margin * h / (size - margin)))
+    x1 = boxes[:, 0] - grow_w / 2
+    y1 = boxes[:, 1] - grow_h / 2
+    sx = size / (w + grow_w)
+    sy = size / (h + grow_h)
     m = np.zeros((len(boxes), 2, 3))
     m[:, 0, 0], m[:, 0, 2] = sx, -sx * x1
     m[:, 1, 1], m[:, 1, 2] = sy, -sy * y1
@@ -99,7 +108,7 @@ def box_transform(boxes: np.ndarray, size: int, margin: float) -> np.ndarray:
 def face_transforms(faces: HasFaces, spec: AlignSpec) -> np.ndarray:
     """(n,2,3) photo-to-chip transforms of every face, by the spec's mode."""
     if spec.mode == "box":
-        return box_transform(faces.boxes, spec.size, spec.margin)
+        return box_transform(faces.boxes, spec.size, spec.margin, spec.margin_space)
     return similarity_transform(faces.landmarks, np.asarray(spec.template), np.asarray(spec.weights))
 
 

@@ -1,18 +1,21 @@
-"""Face embedders behind one small interface: aligned chips in, unit vectors out.
+"""Face embedders behind one small interface: a photo's faces in, unit vectors out.
 
-An embedding is only comparable with embeddings of the same network, weights AND
-alignment, so `version` names all three; the pipeline refuses to mix versions.
+`face_inputs(image, faces)` cuts each face's network input out of the photo (aligned
+chips), `embed(inputs)` turns a batch of them (from many photos) into unit vectors, and
+`thumbnails(inputs)` gives the aligned faces to show. An embedding is only comparable with
+embeddings of the same network, weights AND preprocessing, so `version` names all of
+them; the pipeline refuses to mix versions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.align import AlignSpec
+from models.align import AlignSpec, HasFaces, align_faces
 
 #: MTCNN landmarks (left eye, right eye, nose, mouth corners) in dlib's 150x150 chip frame
 #: (get_face_chip_details, padding 0.25): the median position over LFW DevTrain faces, with
@@ -21,9 +24,13 @@ from models.align import AlignSpec
 DLIB_TEMPLATE = ((47.9, 46.0), (102.1, 46.0), (74.7, 78.0), (51.4, 105.9), (98.8, 105.9))
 DLIB_ALIGN = AlignSpec("landmarks", 150, DLIB_TEMPLATE, weights=(1.0, 1.0, 1.0, 1.0, 1.0),
                        tag="lm150-v2")
-#: FaceNet's own preprocessing: MTCNN box plus a 32 px margin at 160x160 (davidsandberg/facenet
-#: LFW protocol). Not measurable here: the published checkpoints cannot be downloaded.
+#: facenet-pytorch's preprocessing for its VGGFace2 release: MTCNN box plus a 32 px margin of
+#: the 160x160 chip. Not measurable here: that checkpoint cannot be downloaded.
 FACENET_ALIGN = AlignSpec("box", 160, margin=32.0, tag="box160m32")
+#: davidsandberg's preprocessing, which his models were trained and evaluated with
+#: (align_dataset_mtcnn.py --image_size 160 --margin 32): the MTCNN box grown by 16 photo
+#: pixels on each side, resized to 160x160. Chosen on View-1 (bench/choose_facenet.py).
+SANDBERG_ALIGN = AlignSpec("box", 160, margin=32.0, margin_space="photo", tag="box160pm32")
 
 
 @dataclass(frozen=True)
@@ -37,11 +44,29 @@ class EmbedderConfig:
     scale: float  # then divided by
     #: Test-time augmentation: embed each chip and its mirror image and average the two.
     flip: bool = False
+    #: Instead of mean/scale: each chip minus its own mean, over its own standard deviation
+    #: (davidsandberg's "prewhiten", which his 2017 models were trained with).
+    prewhiten: bool = False
 
     @property
     def preprocessing(self) -> str:
-        """Alignment and augmentation, as recorded in the embedder version."""
-        return self.align.name + ("+flip" if self.flip else "")
+        """Alignment, standardisation and augmentation, as recorded in the embedder version."""
+        return self.align.name + ("+prewhiten" if self.prewhiten else "") + ("+flip" if self.flip else "")
+
+
+class FaceEmbedder(Protocol):
+    """What the pipeline needs of an embedder (Embedder, EnsembleEmbedder)."""
+
+    name: str
+    version: str
+    dim: int
+    lineage: dict | None
+
+    def face_inputs(self, image: np.ndarray, faces: HasFaces) -> np.ndarray: ...
+
+    def thumbnails(self, inputs: np.ndarray) -> np.ndarray: ...
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray: ...
 
 
 class Embedder:
@@ -52,11 +77,14 @@ class Embedder:
 
     def __init__(self, config: EmbedderConfig, network: nn.Module, weights_id: str,
                  device: str | torch.device = "cpu", batch_size: int = 64,
-                 lineage: dict | None = None) -> None:
+                 lineage: dict | None = None, channels_last: bool = False) -> None:
         self.config = config
         self.lineage = lineage  # where fine-tuned weights came from (models.finetuned); else None
         self.device = resolve_device(device)
-        self.network = network.to(self.device).eval()
+        #: NHWC activations: oneDNN's fast layout for plain convolutions (~1.3-2x on the
+        #: CPU for Inception-ResNet-v1; same numbers up to float rounding).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.network = network.to(self.device, memory_format=self.memory_format).eval()
         self.version = f"{weights_id}/{config.preprocessing}"
         self.batch_size = batch_size
 
@@ -65,17 +93,34 @@ class Embedder:
     align = property(lambda self: self.config.align)
     input_size = property(lambda self: self.config.align.size)
 
+    def face_inputs(self, image: np.ndarray, faces: HasFaces) -> np.ndarray:
+        """The network inputs of every face of one photo (H,W,3) uint8: aligned chips
+        (n,S,S,3) uint8."""
+        return align_faces(image, faces, self.align)
+
+    def thumbnails(self, inputs: np.ndarray) -> np.ndarray:
+        """The aligned faces (n,S,S,3) uint8 of face_inputs' rows, for showing them."""
+        return inputs
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Chips (N,3,S,S) float 0..255 -> the network's input scale."""
+        if self.config.prewhiten:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), unbiased=False, keepdim=True)
+            return (x - mean) / std.clamp_min(1.0 / np.sqrt(x[0].numel()))
+        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / self.config.scale
+
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings (N,dim) float32 of aligned chips (N,S,S,3) uint8."""
         size = self.input_size
         if chips.ndim != 4 or chips.shape[1:] != (size, size, 3):
             raise ValueError(f"{self.name} expects chips of shape (N,{size},{size},3), got {chips.shape}")
         out = np.empty((len(chips), self.dim), dtype=np.float32)
-        mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
                 x = torch.from_numpy(chips[start:start + self.batch_size]).to(self.device)
-                x = (x.permute(0, 3, 1, 2).float() - mean) / self.config.scale
+                x = self.normalise(x.permute(0, 3, 1, 2).float()).contiguous(memory_format=self.memory_format)
                 if self.config.flip:  # one call on the chips and their mirrors, then average
                     y = self.network(torch.cat([x, x.flip(3)])).view(2, len(x), -1).sum(0)
                 else:
@@ -98,6 +143,10 @@ CONFIGS = {c.name: c for c in (
     # Mirror averaging chosen on View-1 (bench/choose_alignment.py, bench/RESULTS.md).
     EmbedderConfig("dlib-resnet", 128, DLIB_ALIGN, (122.782, 117.001, 104.298), 256.0, flip=True),
     EmbedderConfig("facenet", 512, FACENET_ALIGN, (127.5, 127.5, 127.5), 128.0),
+    # davidsandberg's checkpoints: crop, standardisation and mirror averaging chosen on
+    # View-1 (bench/choose_facenet.py, bench/RESULTS.md).
+    EmbedderConfig("facenet-casia", 512, SANDBERG_ALIGN, (127.5, 127.5, 127.5), 128.0, flip=True),
+    EmbedderConfig("facenet-msceleb", 128, SANDBERG_ALIGN, (0.0, 0.0, 0.0), 1.0, flip=True, prewhiten=True),
 )}
 
 
@@ -117,6 +166,82 @@ def _facenet(device: str | torch.device, weights: str | None) -> Embedder:
     return Embedder(CONFIGS["facenet"], network, weights_id, device)
 
 
+def _converted(name: str) -> Callable[[str | torch.device, str | None], FaceEmbedder]:
+    """Loader of a davidsandberg checkpoint converted by models.facenet_convert."""
+
+    def load(device: str | torch.device, weights: str | None) -> Embedder:
+        from models.facenet_convert import load_converted
+
+        network, weights_id = load_converted(name, weights)
+        return Embedder(CONFIGS[name], network, weights_id, device, channels_last=True)
+
+    return load
+
+
+class EnsembleEmbedder:
+    """Several embedders as one: each member embeds the face its own way, and the
+    embedding is the concatenation of the members' unit vectors, member i scaled by
+    sqrt(w_i / sum w), so that it has unit norm and a squared distance is the
+    w-weighted mean of the members' squared distances.
+
+    face_inputs rows hold every member's chip, flattened and concatenated; thumbnails show
+    the first member's.
+    """
+
+    name = "ensemble"
+
+    def __init__(self, members: list[Embedder], weights: tuple[float, ...]) -> None:
+        if len(members) != len(weights) or not members:
+            raise ValueError("an ensemble needs one weight per member")
+        self.members = members
+        self.weights = weights
+        self.scales = np.sqrt(np.asarray(weights, np.float64) / sum(weights)).astype(np.float32)
+        self.dim = sum(m.dim for m in members)
+        self.lineage = None
+        self.device = members[0].device
+        parts = ",".join(f"{m.name}:{m.version}" for m in members)
+        self.version = f"ensemble({parts})w" + ":".join(f"{w:g}" for w in weights)
+        self._widths = [m.input_size ** 2 * 3 for m in members]
+
+    def face_inputs(self, image: np.ndarray, faces: HasFaces) -> np.ndarray:
+        """(n, sum of members' S*S*3) uint8: each member's aligned chip, flattened."""
+        chips = [m.face_inputs(image, faces) for m in self.members]
+        return np.concatenate([c.reshape(len(c), -1) for c in chips], axis=1)
+
+    def _split(self, inputs: np.ndarray) -> list[np.ndarray]:
+        if inputs.ndim != 2 or inputs.shape[1] != sum(self._widths):
+            raise ValueError(f"ensemble expects inputs of shape (N,{sum(self._widths)}), got {inputs.shape}")
+        bounds = np.cumsum([0, *self._widths])
+        return [inputs[:, a:b].reshape(len(inputs), m.input_size, m.input_size, 3)
+                for m, a, b in zip(self.members, bounds[:-1], bounds[1:])]
+
+    def thumbnails(self, inputs: np.ndarray) -> np.ndarray:
+        return self._split(inputs)[0]
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        """Unit-norm embeddings (N,dim) float32 of face_inputs rows (N, width) uint8."""
+        return self.combine([m.embed(x) for m, x in zip(self.members, self._split(inputs))])
+
+    def combine(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The ensemble embedding (N,dim) of the members' unit embeddings, in member order."""
+        out = np.concatenate([p * s for p, s in zip(parts, self.scales)], axis=1)
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+#: Members of the default ensemble: models trained on different data make different
+#: mistakes (dlib's on ~3M faces of VGG/face scrub data, FaceNet's on MS-Celeb-1M). Equal
+#: weights: a principled rule rather than a fit of View-1's noise (bench/RESULTS.md).
+ENSEMBLE_MEMBERS = (("dlib-resnet", 1.0), ("facenet-msceleb", 1.0))
+
+
+def _ensemble(device: str | torch.device, weights: str | None) -> FaceEmbedder:
+    if weights is not None:
+        raise ValueError("--embedder_weights does not apply to the ensemble: its members load "
+                         "their own published weights")
+    return EnsembleEmbedder([EMBEDDERS[n](device, None) for n, _ in ENSEMBLE_MEMBERS],
+                            tuple(w for _, w in ENSEMBLE_MEMBERS))
+
+
 def _finetuned(name: str, device: str | torch.device, path: str) -> Embedder:
     """A checkpoint of models.train: the base embedder's preprocessing with the checkpoint's
     network; the version names the checkpoint file's digest, the lineage its origin."""
@@ -134,15 +259,18 @@ def _finetuned(name: str, device: str | torch.device, path: str) -> Embedder:
     return Embedder(config, network, f"ft-{file_sha256(path)[:12]}", device, lineage=lineage)
 
 
-EMBEDDERS: dict[str, Callable[[str | torch.device, str | None], Embedder]] = {
+EMBEDDERS: dict[str, Callable[[str | torch.device, str | None], FaceEmbedder]] = {
     "dlib-resnet": _dlib_resnet,
     "facenet": _facenet,
+    "facenet-casia": _converted("facenet-casia"),
+    "facenet-msceleb": _converted("facenet-msceleb"),
+    "ensemble": _ensemble,
 }
 DEFAULT_EMBEDDER = "dlib-resnet"
 
 
 def get_embedder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu",
-                 weights: str | None = None) -> Embedder:
+                 weights: str | None = None) -> FaceEmbedder:
     """The embedder `name` on `device`, with weights from `weights` (a weights file of the
     network, or a checkpoint that models.train fine-tuned from it) or its default source."""
     from models.finetuned import is_finetuned

@@ -54,6 +54,12 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+#: Embedders that models.train can fine-tune. Not the converted FaceNet checkpoints
+#: (facenet-casia, facenet-msceleb: loaded with their batch norms folded into the
+#: convolutions for inference) nor the ensemble (several networks).
+FINETUNABLE = ("dlib-resnet", "facenet")
+
+
 def base_network(name: str) -> nn.Module:
     """An untrained network of the embedder `name`'s architecture."""
     from models.dlib_resnet import DlibResNet

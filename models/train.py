@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from models.align import AlignSpec, align_faces
 from models.embedders import Embedder, get_embedder, resolve_device
-from models.finetuned import read_checkpoint, save_checkpoint
+from models.finetuned import FINETUNABLE, read_checkpoint, save_checkpoint
 from models.triplet import MINING, LossOutput, SoftmaxCenterLoss, TripletLoss
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -138,9 +138,8 @@ class SplitNetwork:
 
 def preprocess(chips: np.ndarray, embedder: Embedder, device: torch.device) -> torch.Tensor:
     """uint8 chips (N,S,S,3) RGB -> (N,3,S,S) float network input, normalised as `embedder.embed` does."""
-    mean = torch.tensor(embedder.config.mean, device=device).view(1, 3, 1, 1)
     x = torch.from_numpy(np.ascontiguousarray(chips)).to(device).permute(0, 3, 1, 2).float()
-    return (x - mean) / embedder.config.scale
+    return embedder.normalise(x)
 
 
 class Features:
@@ -715,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --data or --faces (with --labels)")
     if args.faces is not None and args.labels is None:
         parser.error("--faces needs --labels")
+    if args.embedder not in FINETUNABLE:
+        parser.error(f"--embedder {args.embedder} cannot be fine-tuned; choose one of {', '.join(FINETUNABLE)} "
+                     "(the converted FaceNet checkpoints run with batch norms folded, the ensemble is several networks)")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -22,7 +22,7 @@ from pipeline.decode import encode_jpeg
 from pipeline.records import DecodedPhoto, Face, PhotoOutcome, describe_error, failed_outcome
 
 if TYPE_CHECKING:  # models (torch) load lazily, where a run needs them
-    from models.embedders import Embedder
+    from models.embedders import FaceEmbedder
 
 THUMBNAIL_QUALITY = 85
 
@@ -53,7 +53,7 @@ class InferenceSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def launcher_embedder(name: str, weights: str | None) -> Embedder:
+def launcher_embedder(name: str, weights: str | None) -> FaceEmbedder:
     """Load the embedder once on the launching machine (CPU): validates --embedder and
     --embedder_weights before any worker starts; gives the version and dimension that
     every output file is written with, and embeds --known_people's reference faces."""
@@ -62,7 +62,7 @@ def launcher_embedder(name: str, weights: str | None) -> Embedder:
     return get_embedder(name, "cpu", weights)
 
 
-def embedder_info(embedder: Embedder) -> EmbedderInfo:
+def embedder_info(embedder: FaceEmbedder) -> EmbedderInfo:
     """What the outputs record about a loaded embedder."""
     return EmbedderInfo(embedder.name, embedder.version, embedder.dim, embedder.lineage)
 
@@ -134,7 +134,7 @@ def process_batch(photos: Sequence[DecodedPhoto], models: FaceModels,
                                        photo.width, photo.height, photo.preview)
             continue
         try:
-            chips[i] = (det, _align(photo.image, det, models.embedder.align))
+            chips[i] = (det, models.embedder.face_inputs(photo.image, det))
         except Exception as exc:  # alignment belongs to the embed stage
             outcomes[i] = failed_outcome(photo.user_id, photo.photo_path, "embed",
                                          f"alignment failed: {describe_error(exc)}", photo=photo)
@@ -145,8 +145,9 @@ def process_batch(photos: Sequence[DecodedPhoto], models: FaceModels,
         if isinstance(found, str):
             outcomes[i] = failed_outcome(photo.user_id, photo.photo_path, "embed", found, photo=photo)
             continue
+        thumbnails = models.embedder.thumbnails(photo_chips)
         faces = [Face(det.boxes[k], det.landmarks[k], float(det.scores[k]), found[k],
-                      encode_jpeg(photo_chips[k], THUMBNAIL_QUALITY)) for k in range(len(det.scores))]
+                      encode_jpeg(thumbnails[k], THUMBNAIL_QUALITY)) for k in range(len(det.scores))]
         outcomes[i] = PhotoOutcome(photo.user_id, photo.photo_path, "faces", photo.sha256,
                                    photo.width, photo.height, photo.preview, faces)
     _count(outcomes)
@@ -184,12 +185,6 @@ def _embed(embedder: Any, chips: dict[int, np.ndarray]) -> dict[int, np.ndarray 
             except Exception as exc:
                 out[i] = describe_error(exc)
         return out
-
-
-def _align(image: np.ndarray, det: Any, spec: Any) -> np.ndarray:
-    from models.align import align_faces
-
-    return align_faces(image, det, spec)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.embedders import Embedder
+from models.embedders import FaceEmbedder
 from models.mtcnn import MTCNN
 from pipeline.inference import InferenceSettings
 from pipeline.naming import KnownPeople, Naming
@@ -61,7 +61,7 @@ def reference_photos(root: Path) -> list[tuple[str | None, str, Path]]:
     return found
 
 
-def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
+def load_known_people(root: str | Path, detector: MTCNN, embedder: FaceEmbedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
                       min_det_score: float = DEFAULT_MIN_DET_SCORE) -> KnownPeople:
     """Embed the largest face of every reference photo under `root` with `embedder`
     (detection options as in photo_faces: a run passes its own), READ_BATCH photos at a time."""
@@ -92,7 +92,7 @@ def load_known_people(root: str | Path, detector: MTCNN, embedder: Embedder, max
                        np.array(user_ids, dtype=object), skipped)
 
 
-def load_naming(folder: str, settings: InferenceSettings, embedder: Embedder) -> Naming:
+def load_naming(folder: str, settings: InferenceSettings, embedder: FaceEmbedder) -> Naming:
     """The Naming of a run: its thresholds and the folder's reference faces, detected and
     embedded on this (launching) machine with the run's detector options and `embedder`
     (the one the launcher loaded, pipeline.inference.launcher_embedder).

@@ -13,8 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.align import align_faces
-from models.embedders import Embedder
+from models.embedders import FaceEmbedder
 from models.mtcnn import MTCNN
 from pipeline.decode import DecodeError, decode_photo
 from pipeline.inference import ScaledDetections, confident, full_resolution
@@ -27,7 +26,8 @@ class PhotoFaces:
 
     image: (H,W,3) uint8 RGB in displayed orientation; detections: boxes (n,4), scores (n,),
     landmarks (n,5,2) in `image` pixels, scores >= min_det_score (photo_faces);
-    chips: (n,S,S,3) uint8 aligned for the embedder; embeddings: (n,D) float32 unit norm.
+    chips: (n,S,S,3) uint8 aligned faces (the embedder's thumbnails); embeddings: (n,D)
+    float32 unit norm.
     """
 
     image: np.ndarray
@@ -54,7 +54,7 @@ def read_photo(path: str | Path, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE)
     return image, detect_image
 
 
-def faces_in(photos: Sequence[tuple[np.ndarray, np.ndarray]], detector: MTCNN, embedder: Embedder,
+def faces_in(photos: Sequence[tuple[np.ndarray, np.ndarray]], detector: MTCNN, embedder: FaceEmbedder,
              min_det_score: float = DEFAULT_MIN_DET_SCORE) -> list[PhotoFaces]:
     """Detect, align and embed every face of several photos, each (image (H,W,3),
     detect_image (h,w,3)) from read_photo: one detector call for all photos and one
@@ -63,19 +63,19 @@ def faces_in(photos: Sequence[tuple[np.ndarray, np.ndarray]], detector: MTCNN, e
     if not photos:
         return []
     found = detector.detect([detect_image for _, detect_image in photos])
-    dets, chips = [], []
+    dets, inputs = [], []
     for (image, detect_image), det in zip(photos, found):
         scale = (image.shape[1] / detect_image.shape[1], image.shape[0] / detect_image.shape[0])
         dets.append(full_resolution(confident(det, min_det_score), scale))
-        chips.append(align_faces(image, dets[-1], embedder.align))
-    all_chips = np.concatenate(chips)
-    embeddings = embedder.embed(all_chips) if len(all_chips) else np.zeros((0, embedder.dim), np.float32)
-    ends = np.cumsum([len(c) for c in chips])
-    return [PhotoFaces(image, det, c, e)
-            for (image, _), det, c, e in zip(photos, dets, chips, np.split(embeddings, ends[:-1]))]
+        inputs.append(embedder.face_inputs(image, dets[-1]))
+    all_inputs = np.concatenate(inputs)
+    embeddings = embedder.embed(all_inputs) if len(all_inputs) else np.zeros((0, embedder.dim), np.float32)
+    ends = np.cumsum([len(c) for c in inputs])
+    return [PhotoFaces(image, det, embedder.thumbnails(c), e)
+            for (image, _), det, c, e in zip(photos, dets, inputs, np.split(embeddings, ends[:-1]))]
 
 
-def photo_faces(path: str | Path, detector: MTCNN, embedder: Embedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
+def photo_faces(path: str | Path, detector: MTCNN, embedder: FaceEmbedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
                 min_det_score: float = DEFAULT_MIN_DET_SCORE) -> PhotoFaces:
     """Read the photo at `path`, then detect, align and embed every face in it (defaults:
     the pipeline's; a run's own --max_detect_side and --min_det_score may be passed)."""

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from models.embedders import Embedder, get_embedder
+from models.embedders import FaceEmbedder, get_embedder
 from models.mtcnn import MTCNN
 from pipeline.decode import encode_jpeg
 from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE, DEFAULT_MIN_FACE_SIZE
@@ -93,7 +93,7 @@ def load_user_faces(output: Path, user_id: str) -> UserFaces:
                      **detection)
 
 
-def matching_embedder(faces: UserFaces, device: str, weights: str | None) -> Embedder:
+def matching_embedder(faces: UserFaces, device: str, weights: str | None) -> FaceEmbedder:
     """The embedder that produced `faces`; refuses a different version (weights, alignment)."""
     embedder = get_embedder(faces.embedder, device, weights)
     if embedder.version != faces.embedder_version:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.embedders import DEFAULT_EMBEDDER, EMBEDDERS, Embedder, get_embedder
+from models.embedders import DEFAULT_EMBEDDER, EMBEDDERS, FaceEmbedder, get_embedder
 from models.mtcnn import MTCNN
 from pipeline.photo_faces import faces_in, largest_face, read_photo
 from pipeline.thresholds import thresholds_for
@@ -26,7 +26,7 @@ def same_person(distance: float, threshold: float) -> bool:
     return distance < threshold
 
 
-def main_faces(paths: Sequence[Path], detector: MTCNN, embedder: Embedder) -> list[tuple[np.ndarray, int]]:
+def main_faces(paths: Sequence[Path], detector: MTCNN, embedder: FaceEmbedder) -> list[tuple[np.ndarray, int]]:
     """(embedding (D,), number of faces found) of the largest face of each photo, detected
     and embedded in one batch; ValueError naming the first photo without a face."""
     faces = faces_in([read_photo(p) for p in paths], detector, embedder)
