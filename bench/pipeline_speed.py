@@ -10,6 +10,11 @@ the last file written, report excluded). The last line is the result:
 
     python bench/pipeline_speed.py                       # 1000 photos, DirectRunner defaults
     python bench/pipeline_speed.py --photos 200 -- --direct_num_workers 2 --direct_running_mode multi_processing
+    python bench/pipeline_speed.py --photos 300 --embedders ensemble,dlib-resnet --rounds 3
+
+With --embedders, each round runs the pipeline once per embedder, in turn (so machine noise
+hits all alike); it prints each one's median photos/s over the rounds and, last, the first
+embedder's ratio to each other one.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 LFW = Path(os.environ.get("FACEGROUP_LFW", REPO.parent / "shared" / "data" / "lfw"))
@@ -77,14 +84,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=1000, help="LFW photos in the library")
     parser.add_argument("--users", type=int, default=10, help="user folders")
+    parser.add_argument("--embedders", default="", help="comma list of embedders to compare (first measured)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per embedder, interleaved")
     parser.add_argument("beam_flags", nargs="*", help="extra pipeline/Beam flags (after --)")
     args = parser.parse_args()
+    embedders = [e for e in args.embedders.split(",") if e] or [None]
+    rates: dict[str | None, list[float]] = {e: [] for e in embedders}
     with tempfile.TemporaryDirectory(prefix="facegroup-bench-") as tmp:
-        library, output = Path(tmp) / "library", Path(tmp) / "out"
+        library = Path(tmp) / "library"
         build_library(LFW, library, args.photos, args.users)
-        summary, peak = run_pipeline(library, output, args.beam_flags)
-    rate = summary["photos"] / summary["wall_s"]
-    print(f"pipeline {summary['photos']} photos: {rate:.1f} photos/s, peak RSS {peak / 1e9:.1f} GB")
+        for r in range(args.rounds):
+            for e in embedders:
+                output = Path(tmp) / f"out-{r}-{e}"
+                flags = args.beam_flags + (["--embedder", e] if e else [])
+                summary, peak = run_pipeline(library, output, flags)
+                rates[e].append(summary["photos"] / summary["wall_s"])
+                print(f"pipeline {summary['photos']} photos ({e or 'default embedder'}, round {r + 1}): "
+                      f"{rates[e][-1]:.1f} photos/s, peak RSS {peak / 1e9:.1f} GB", flush=True)
+    medians = {e: float(np.median(v)) for e, v in rates.items()}
+    for e, m in medians.items():
+        print(f"median over {args.rounds} rounds ({e or 'default embedder'}): {m:.1f} photos/s")
+    for e in embedders[1:]:
+        print(f"{embedders[0]} / {e}: {medians[embedders[0]] / medians[e]:.2f}x photos/s")
 
 
 if __name__ == "__main__":

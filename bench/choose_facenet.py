@@ -1,0 +1,100 @@
+"""Choose each FaceNet checkpoint's crop, standardisation and mirror averaging, and the
+ensemble's members, on LFW View-1 only (pairsDevTrain + pairsDevTest; View-2 is never read).
+
+The centre face of every View-1 image is detected once (bench/lfw_embed's cache). Each
+candidate is scored as in bench/choose_alignment.py: 10-fold cross-validation over the
+3,200 View-1 pairs (each fold's threshold chosen on the other 9), DevTest accuracy at the
+DevTrain threshold, and the ROC AUC of all View-1 pairs. Candidates per checkpoint:
+
+  pm32        davidsandberg's crop: MTCNN box + 16 photo px each side, resized to 160
+              (align_dataset_mtcnn.py --margin 32, what his models were trained on)
+  cm32        facenet-pytorch's crop: a margin of 32 chip px (the box grows by 32/128)
+  fixed       (x - 127.5) / 128 (the 2018 models' "fixed image standardization")
+  prewhiten   per chip (x - mean) / std (the 2017 models' standardisation)
+
+(crops and both standardisations on the 2017 model; the 2018 one with its own
+standardisation on davidsandberg's crop, then +flip)
+  +flip       averaged with the embedding of the mirrored chip (tried on the best of the above)
+
+then ensembles of the chosen single models with dlib-resnet (its own chosen preprocessing),
+weights equal (each member's squared distance counts alike). Each candidate's embeddings
+are cached by bench/lfw_embed under its own embedder version, so the chosen one is reused
+by bench/lfw_verify.py and bench/identify_lfw.py.
+
+    python bench/choose_facenet.py
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
+from bench.lfw_verify import best_threshold, fold_accuracies, pair_distances  # noqa: E402
+from models.align import AlignSpec  # noqa: E402
+from models.embedders import Embedder, get_embedder  # noqa: E402
+
+CROPS = {"pm32": AlignSpec("box", 160, margin=32.0, margin_space="photo", tag="box160pm32"),
+         "cm32": AlignSpec("box", 160, margin=32.0, tag="box160m32")}
+
+
+def candidate(model: Embedder, crop: str, prewhiten: bool, flip: bool) -> Embedder:
+    """`model`'s network with another preprocessing (its version names it, so each
+    candidate's embeddings are cached apart by bench/lfw_embed)."""
+    config = dataclasses.replace(model.config, align=CROPS[crop], prewhiten=prewhiten, flip=flip,
+                                 mean=(127.5, 127.5, 127.5), scale=128.0)
+    return Embedder(config, model.network, model.version.split("/")[0])
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows of x (N,D) scaled to unit length."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def main() -> None:
+    train, _ = read_pairs(LFW / "pairsDevTrain.txt")
+    test, _ = read_pairs(LFW / "pairsDevTest.txt")
+    pairs = train + test
+    same = np.array([s for *_, s in pairs])
+    is_test = np.array([0] * len(train) + [1] * len(test))
+    folds = np.arange(len(pairs)) % 10
+    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
+
+    def report(name: str, emb: np.ndarray) -> float:
+        dist = pair_distances(pairs, dict(zip(paths, emb)))
+        cv, _ = fold_accuracies(dist, same, folds)
+        threshold = best_threshold(dist[is_test == 0], same[is_test == 0])
+        dev_test = np.mean((dist[is_test == 1] < threshold) == same[is_test == 1])
+        print(f"{name:34s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
+              f"(t={threshold:.3f}); AUC {roc_auc_score(same, -dist):.5f}", flush=True)
+        return float(cv.mean())
+
+    chosen = {"dlib-resnet": embed_images(paths, "dlib-resnet", progress=True)[0]}
+    report("dlib-resnet (chosen earlier)", chosen["dlib-resnet"])
+    # The 2017 model was trained on prewhitened chips, the 2018 one on fixed standardisation.
+    # Crop and standardisation are tried on the 2017 model (the ensemble's candidate); the
+    # 2018 model, of the same lineage and alignment script, gets the crop chosen there and
+    # its own standardisation (CPU time: ~5,000 images per candidate on 2 cores).
+    for name, tried in (("facenet-msceleb", (("pm32", True), ("pm32", False), ("cm32", True))),
+                        ("facenet-casia", (("pm32", False),))):
+        model = get_embedder(name)
+        scores = {}
+        for crop, prewhiten in tried:
+            emb, _ = embed_images(paths, candidate(model, crop, prewhiten, False), progress=True)
+            scores[(crop, prewhiten)] = report(f"{name} {crop} {'prewhiten' if prewhiten else 'fixed'}", emb), emb
+        (crop, prewhiten), (best, emb) = max(scores.items(), key=lambda kv: kv[1][0])
+        flipped, _ = embed_images(paths, candidate(model, crop, prewhiten, True), progress=True)
+        flip = report(f"{name} {crop} {'prewhiten' if prewhiten else 'fixed'}+flip", flipped)
+        chosen[name] = flipped if flip > best else emb
+    for members in (("dlib-resnet", "facenet-msceleb"), ("dlib-resnet", "facenet-casia"),
+                    ("facenet-msceleb", "facenet-casia"), ("dlib-resnet", "facenet-msceleb", "facenet-casia")):
+        report("ensemble " + "+".join(members), unit(np.concatenate([chosen[m] for m in members], axis=1)))
+
+
+if __name__ == "__main__":
+    main()
