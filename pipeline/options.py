@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cluster import DEFAULT_METHOD, METHODS
 from pipeline.inputs import is_manifest, normalise_location
+from pipeline.links import FOLLOW_LINKS, FOLLOW_USER
 from pipeline.reuse import NO_PREVIOUS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,6 +88,13 @@ class FaceGroupOptions(PipelineOptions):
                  "enough, and clearly better than any other name, gets that name in clusters/, people/ "
                  "and the report; others stay unnamed (rule and thresholds: README, Naming people). The "
                  "photos are embedded once on the launching machine, with this run's --embedder.")
+        parser.add_argument(
+            "--follow_links", default=FOLLOW_USER, choices=FOLLOW_LINKS,
+            help="symbolic links in a library folder or --known_people: 'user' (default) reads a photo only "
+                 "where its links lead inside the same user's folder (else it fails at read: a user's "
+                 "folder cannot pull in another user's photo or any other file); 'anywhere' follows every "
+                 "link (single-user set-ups that link photos in from elsewhere). Manifest paths are "
+                 "always read as given.")
         parser.add_argument(
             "--batch_size", type=int, default=16,
             help="photos per detection batch (fewer when photos are large: a photo counts once per "

@@ -257,7 +257,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
-    listing = list_photos(opts.input)
+    listing = list_photos(opts.input, opts.follow_links)
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     embedder = embedder_info(model)
     settings = inference_settings(opts, embedder)
@@ -267,7 +267,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     if opts.known_people:
         from pipeline.known_people import load_naming  # loads torch models: only when asked
 
-        naming = load_naming(opts.known_people, settings, model)
+        naming = load_naming(opts.known_people, settings, model, opts.follow_links)
     run_id = uuid.uuid4().hex[:12]
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
