@@ -122,9 +122,9 @@ def validate(options: FaceGroupOptions) -> None:
     if "://" not in options.output:
         if os.path.isfile(options.output):
             raise ValueError(f"--output {options.output} is a file; give a folder")
-        root = options.input
-        if local and not is_manifest(root) and os.path.commonpath([root, options.output]) == root:
-            raise ValueError(f"--output {options.output} is inside the input library {root}; "
+        root, output = os.path.realpath(options.input), os.path.realpath(options.output)  # links too
+        if local and not is_manifest(options.input) and os.path.commonpath([root, output]) == root:
+            raise ValueError(f"--output {options.output} is inside the input library {options.input}; "
                              "a later run would read its own outputs as photos")
     if options.known_people is not None and not os.path.isdir(options.known_people):
         raise FileNotFoundError(f"--known_people folder {options.known_people} does not exist "

@@ -16,6 +16,8 @@ state or finish_bundle output, so it means the same on DirectRunner, DaskRunner 
 portable runners. Every photo listed becomes exactly one outcome; the end-of-run check
 compares the listing with the written tables.
 
+Before any photo is listed, the launcher proves it can write --output (a probe file,
+pipeline.output_probe).
 A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
 files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
 launcher reads those records, removes the folders of users that are no longer in the
@@ -44,6 +46,7 @@ from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings
 from pipeline.inputs import Listing, list_photos
 from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
+from pipeline.output_probe import probe_output
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
 from pipeline.records import PhotoOutcome
 from pipeline.report import build_report
@@ -250,13 +253,16 @@ def in_process_runner(options: PipelineOptions) -> str:
 def run(argv: list[str] | None = None) -> RunSummary:
     """Run the pipeline with command-line `argv`; returns the checked summary.
 
-    Raises ValueError/FileNotFoundError for bad options or input, RuntimeError when the
+    Raises ValueError/FileNotFoundError for bad options, output (checked first, by a probe
+    file: pipeline.output_probe) or input, RuntimeError when the
     pipeline fails or a listed photo is missing from the outputs (no _SUCCESS then).
     """
     options = PipelineOptions(argv)
     runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
+    run_id = uuid.uuid4().hex[:12]
+    probe_output(opts.output, run_id)
     listing = list_photos(opts.input, opts.follow_links)
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     embedder = embedder_info(model)
@@ -268,7 +274,6 @@ def run(argv: list[str] | None = None) -> RunSummary:
         from pipeline.known_people import load_naming  # loads torch models: only when asked
 
         naming = load_naming(opts.known_people, settings, model, opts.follow_links)
-    run_id = uuid.uuid4().hex[:12]
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
         FileSystems.delete([success])

@@ -1,0 +1,99 @@
+"""Output problems stop a run before any work, in one line.
+
+Why: an output folder that cannot be written used to be found out only by the writers,
+after every photo was decoded and detected, and ended in a hundred lines of tracebacks.
+Now the launcher proves it can write --output before listing anything.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, lfw_image
+
+#: Runs the launcher with listing and model loading replaced by a marker and exit 99, so a
+#: refusal "before any work" is seen to happen before either.
+GUARDED = """
+import sys
+import models.embedders
+import pipeline.run
+
+def forbidden(name):
+    def called(*args, **kwargs):
+        print(f"called {name}", flush=True)
+        raise SystemExit(99)
+    return called
+
+models.embedders.get_embedder = forbidden("get_embedder")
+pipeline.run.list_photos = forbidden("list_photos")
+sys.exit(pipeline.run.main(sys.argv[1:]))
+"""
+
+
+def terminal_lines(stderr: str) -> list[str]:
+    """stderr without the warning Beam's own import logs in this environment (apitools)."""
+    return [line for line in stderr.splitlines() if not line.startswith("WARNING:root:apitools")]
+
+
+def small_library(lfw: Path, root: Path, photos: int = 2) -> Path:
+    """root/u/<photo> for a few LFW photos."""
+    (root / "u").mkdir(parents=True)
+    for i in range(1, photos + 1):
+        shutil.copyfile(lfw_image(lfw, "George_W_Bush", i), root / "u" / f"{i}.jpg")
+    return root
+
+
+def guarded(args: list[str], prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-c", GUARDED, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def read_only_mount(folder: Path) -> tuple[str, ...] | None:
+    """A command prefix that runs its command in a private mount namespace where `folder`
+    is a read-only bind mount (chmod does not stop root), or None when this machine cannot
+    (no unshare/mount privilege)."""
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(folder))
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run([*prefix, "sh", "-c", 'touch "$0/x" 2>/dev/null; test $? -ne 0', str(folder)],
+                           capture_output=True)
+    return prefix if probe.returncode == 0 and not (folder / "x").exists() else None
+
+
+def test_read_only_output_fails_in_one_line_before_any_work(lfw, tmp_path):
+    library = small_library(lfw, tmp_path / "library")
+    (tmp_path / "ro").mkdir()
+    prefix = read_only_mount(tmp_path / "ro")
+    # without mount privileges, /proc refuses new files to root just as well
+    out = tmp_path / "ro" / "out" if prefix else Path("/proc/facegroup-out")
+    done = guarded(["--input", str(library), "--output", str(out)], prefix or ())
+    assert done.returncode == 2, done.stdout + done.stderr
+    reason = "Read-only file system (OSError, errno 30)" if prefix else \
+        "No such file or directory (FileNotFoundError, errno 2)"
+    assert terminal_lines(done.stderr) == [f"error: --output {out} cannot be written: {reason}"], done.stderr
+    assert "called" not in done.stdout
+    assert os.listdir(tmp_path / "ro") == []
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "inside the input", "inside the input via a link"])
+def test_bad_output_folders_fail_in_one_line_before_any_work(lfw, tmp_path, case):
+    library = small_library(lfw, tmp_path / "library")
+    (tmp_path / "notes.txt").write_text("a file\n")
+    os.symlink(library / "u", tmp_path / "link-into-library")
+    out, message = {
+        "file": (tmp_path / "notes.txt", "is a file; give a folder"),
+        "under a file": (tmp_path / "notes.txt" / "out", "cannot be written: Not a directory"),
+        "inside the input": (library / "u" / "out", f"is inside the input library {library}"),
+        "inside the input via a link": (tmp_path / "link-into-library" / "out", "is inside the input library"),
+    }[case]
+    done = guarded(["--input", str(library), "--output", str(out)])
+    assert done.returncode == 2 and "called" not in done.stdout, done.stdout + done.stderr
+    lines = terminal_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: --output {out} ") and message in lines[0], lines
+    assert sorted(os.listdir(library / "u")) == ["1.jpg", "2.jpg"]
