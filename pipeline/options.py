@@ -24,6 +24,8 @@ DEFAULT_MIN_DET_SCORE = 0.9
 DEFAULT_MIN_FACE_SIZE = 20
 DEFAULT_MAX_DETECT_SIDE = 1600
 DEFAULT_MAX_PIXELS = 200_000_000
+#: A run's lock is stale (its run presumed dead) after this long without a heartbeat.
+DEFAULT_LOCK_STALE_MINUTES = 10.0
 
 
 class FaceGroupOptions(PipelineOptions):
@@ -96,6 +98,14 @@ class FaceGroupOptions(PipelineOptions):
                  "link (single-user set-ups that link photos in from elsewhere). Manifest paths are "
                  "always read as given.")
         parser.add_argument(
+            "--force", action="store_true",
+            help="take over the --output folder's lock even when its run still looks alive (only when "
+                 "you know that run is dead).")
+        parser.add_argument(
+            "--lock_stale_minutes", type=float, default=DEFAULT_LOCK_STALE_MINUTES,
+            help="a lock whose run sent no heartbeat for this many minutes is taken over "
+                 f"(default {DEFAULT_LOCK_STALE_MINUTES:g}; a running launcher beats 4 times per period).")
+        parser.add_argument(
             "--batch_size", type=int, default=16,
             help="photos per detection batch (fewer when photos are large: a photo counts once per "
                  "started 4 megapixels); all faces of a batch are embedded together (default 16).")
@@ -132,5 +142,7 @@ def validate(options: FaceGroupOptions) -> None:
     for name in ("min_face_size", "max_detect_side", "max_pixels", "max_file_bytes", "batch_size"):
         if getattr(options, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(options, name)}")
+    if not options.lock_stale_minutes > 0:
+        raise ValueError(f"--lock_stale_minutes must be positive, got {options.lock_stale_minutes}")
     if not 0.0 <= options.min_det_score <= 1.0:
         raise ValueError(f"--min_det_score must be between 0 and 1, got {options.min_det_score}")

@@ -17,7 +17,7 @@ portable runners. Every photo listed becomes exactly one outcome; the end-of-run
 compares the listing with the written tables.
 
 Before any photo is listed, the launcher proves it can write --output (a probe file,
-pipeline.output_probe).
+pipeline.output_probe) and takes the folder's lock (pipeline.run_lock: one run per output).
 A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
 files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
 launcher reads those records, removes the folders of users that are no longer in the
@@ -51,6 +51,7 @@ from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_recor
 from pipeline.records import PhotoOutcome
 from pipeline.report import build_report
 from pipeline.reuse import ReadPrevious, ReusePlan, plan_reuse, resolve_previous
+from pipeline.run_lock import RunLock, acquire
 from pipeline.users import user_folder, user_key
 
 SUCCESS = "_SUCCESS"
@@ -253,9 +254,11 @@ def in_process_runner(options: PipelineOptions) -> str:
 def run(argv: list[str] | None = None) -> RunSummary:
     """Run the pipeline with command-line `argv`; returns the checked summary.
 
-    Raises ValueError/FileNotFoundError for bad options, output (checked first, by a probe
-    file: pipeline.output_probe) or input, RuntimeError when the
-    pipeline fails or a listed photo is missing from the outputs (no _SUCCESS then).
+    Before any work: options validated, --output proven writable (pipeline.output_probe)
+    and locked for this run (pipeline.run_lock). Raises ValueError/FileNotFoundError for bad
+    options, output or input (nothing written but the probe), RuntimeError when the
+    pipeline fails, a listed photo is missing from the outputs or the lock was taken over
+    (no _SUCCESS then).
     """
     options = PipelineOptions(argv)
     runner = in_process_runner(options)
@@ -263,6 +266,16 @@ def run(argv: list[str] | None = None) -> RunSummary:
     validate(opts)
     run_id = uuid.uuid4().hex[:12]
     probe_output(opts.output, run_id)
+    lock = acquire(opts.output, run_id, opts.lock_stale_minutes * 60, opts.force)
+    if lock.took_over:
+        print(f"note: {lock.took_over}", file=sys.stderr)
+    with lock:
+        return execute(options, opts, runner, run_id, lock)
+
+
+def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_id: str,
+            lock: RunLock) -> RunSummary:
+    """List, plan, run the pipeline and finalise the output (options validated, output locked)."""
     listing = list_photos(opts.input, opts.follow_links)
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     embedder = embedder_info(model)
@@ -293,6 +306,8 @@ def run(argv: list[str] | None = None) -> RunSummary:
     summary.check()
     summary.report = build_report(opts.output)
     write_text(FileSystems.join(opts.output, SUMMARY), summary.to_json())
+    if not lock.held():
+        raise RuntimeError(f"the lock of {opts.output} was taken over by another run; not marked complete")
     write_text(success, run_id + "\n")
     return summary
 

@@ -1,19 +1,24 @@
-"""Output problems stop a run before any work, in one line.
+"""Output problems stop a run before any work, in one line, and one run per output.
 
 Why: an output folder that cannot be written used to be found out only by the writers,
-after every photo was decoded and detected, and ended in a hundred lines of tracebacks.
-Now the launcher proves it can write --output before listing anything.
+after every photo was decoded and detected, and ended in a hundred lines of tracebacks;
+two runs into one output both wrote. Now the launcher proves it can write --output and
+takes its lock before listing anything.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from pipeline.run import main
+from pipeline.run_lock import LOCK, OutputLocked, acquire, read_lock
 from tests.conftest import REPO, lfw_image
 
 #: Runs the launcher with listing and model loading replaced by a marker and exit 99, so a
@@ -97,3 +102,52 @@ def test_bad_output_folders_fail_in_one_line_before_any_work(lfw, tmp_path, case
     lines = terminal_lines(done.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"error: --output {out} ") and message in lines[0], lines
     assert sorted(os.listdir(library / "u")) == ["1.jpg", "2.jpg"]
+
+
+def fake_lock(out: Path, silent_s: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOCK).write_text(json.dumps({"run_id": "deadbeef0000", "host": "elsewhere", "pid": 1,
+                                        "started": "2026-01-01T00:00:00+00:00",
+                                        "heartbeat": time.time() - silent_s}))
+
+
+def test_a_live_lock_refuses_and_a_stale_or_forced_one_is_taken_over(lfw, tmp_path, capsys):
+    library = small_library(lfw, tmp_path / "library")
+    out = tmp_path / "out"
+    fake_lock(out, silent_s=30)
+    assert main(["--input", str(library), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output {out} is in use by run deadbeef0000 on elsewhere") and err.count("\n") == 1
+    assert read_lock(str(out / LOCK)).run_id == "deadbeef0000" and not (out / "photos").exists()
+
+    for silent_s, args, why in ((3600, [], "no heartbeat for 60.0 min"), (30, ["--force"], "--force")):
+        fake_lock(out, silent_s)
+        assert main(["--input", str(library), "--output", str(out), *args]) == 0
+        err = capsys.readouterr().err
+        assert f"note: took over the lock of run deadbeef0000 on elsewhere (pid 1, started 2026-01-01T00:00:00+00:00): {why}" in err
+        assert (out / "_SUCCESS").is_file() and not (out / LOCK).exists()
+
+
+def test_the_heartbeat_keeps_a_lock_fresh(tmp_path):
+    with acquire(str(tmp_path), "first", stale_after_s=0.4) as lock:
+        started = read_lock(lock.path).heartbeat
+        time.sleep(0.6)  # longer than the stale period: only the heartbeat keeps it held
+        assert read_lock(lock.path).heartbeat > started
+        with pytest.raises(OutputLocked, match="in use by run first"):
+            acquire(str(tmp_path), "second", stale_after_s=0.4)
+    assert not (tmp_path / LOCK).exists()
+    with acquire(str(tmp_path), "third", stale_after_s=0.4):
+        assert read_lock(str(tmp_path / LOCK)).run_id == "third"
+
+
+def test_two_runs_into_one_output_one_succeeds_the_other_refuses(lfw, tmp_path):
+    library = small_library(lfw, tmp_path / "library", photos=40)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline", "--input", str(library), "--output", str(out)]
+    started = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    done = [(p.wait(timeout=600), *p.communicate()) for p in started]
+    assert sorted(rc for rc, _, _ in done) == [0, 2], done
+    refused = next(err for rc, _, err in done if rc == 2)
+    assert terminal_lines(refused) == [next(line for line in terminal_lines(refused) if "is in use by run" in line)]
+    assert (out / "_SUCCESS").is_file() and not (out / LOCK).exists()
