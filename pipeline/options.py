@@ -106,6 +106,9 @@ class FaceGroupOptions(PipelineOptions):
             help="a lock whose run sent no heartbeat for this many minutes is taken over "
                  f"(default {DEFAULT_LOCK_STALE_MINUTES:g}; a running launcher beats 4 times per period).")
         parser.add_argument(
+            "--verbose", action="store_true",
+            help="print the full traceback of an unexpected error (always written to --output/_logs/).")
+        parser.add_argument(
             "--batch_size", type=int, default=16,
             help="photos per detection batch (fewer when photos are large: a photo counts once per "
                  "started 4 megapixels); all faces of a batch are embedded together (default 16).")

@@ -1,9 +1,10 @@
-"""Output problems stop a run before any work, in one line, and one run per output.
+"""Output problems stop a run before any work, one run per output, failures in one line.
 
 Why: an output folder that cannot be written used to be found out only by the writers,
 after every photo was decoded and detected, and ended in a hundred lines of tracebacks;
-two runs into one output both wrote. Now the launcher proves it can write --output and
-takes its lock before listing anything.
+two runs into one output both wrote; a worker's exception printed Beam's tracebacks. Now
+the launcher proves it can write --output and takes its lock before listing anything,
+and an unexpected failure ends in one line naming the step, its traceback in _logs/.
 """
 from __future__ import annotations
 
@@ -151,3 +152,49 @@ def test_two_runs_into_one_output_one_succeeds_the_other_refuses(lfw, tmp_path):
     refused = next(err for rc, _, err in done if rc == 2)
     assert terminal_lines(refused) == [next(line for line in terminal_lines(refused) if "is in use by run" in line)]
     assert (out / "_SUCCESS").is_file() and not (out / LOCK).exists()
+
+
+def test_a_failing_step_ends_in_one_line_with_the_traceback_in_the_log(lfw, tmp_path):
+    """A file where the writer needs a folder: WriteUserTables raises in the worker."""
+    library = small_library(lfw, tmp_path / "library")
+    for verbose in (False, True):
+        out = tmp_path / f"out-{verbose}"
+        (out / "faces").mkdir(parents=True)
+        (out / "faces" / "user_id=u").write_text("in the way\n")
+        command = [sys.executable, "-m", "pipeline", "--input", str(library), "--output", str(out)]
+        done = subprocess.run(command + ["--verbose"] * verbose, cwd=REPO, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 1, done.stderr[-3000:]
+        lines = terminal_lines(done.stderr)
+        (log,) = (out / "_logs").iterdir()
+        assert lines[-1] == (f"error in step WriteUserTables: FileExistsError: [Errno 17] File exists: "
+                             f"'{out}/faces/user_id=u' (traceback in {log})")
+        text = log.read_text()
+        assert "Traceback (most recent call last)" in text and "in write_atomically" in text
+        assert ("Traceback" in done.stderr) == verbose and (len(lines) == 1) != verbose
+        assert not (out / LOCK).exists() and not (out / "_SUCCESS").exists()
+
+
+def test_errors_a_run_recovers_from_are_kept_in_the_log(lfw, tmp_path, monkeypatch, capsys):
+    """A writer that fails once: the runner retries the bundle and the run succeeds; Beam's
+    error record goes to _logs/, the terminal gets one note line instead of a traceback."""
+    import pipeline.outputs
+
+    library = small_library(lfw, tmp_path / "library")
+    write_table = pipeline.outputs.write_table
+    failed = []
+
+    def fails_once(path, table):
+        if not failed:
+            failed.append(path)
+            raise OSError("disk hiccup")
+        write_table(path, table)
+
+    monkeypatch.setattr(pipeline.outputs, "write_table", fails_once)
+    out = tmp_path / "out"
+    assert main(["--input", str(library), "--output", str(out), "--runner", "BundleBasedDirectRunner"]) == 0
+    (log,) = (out / "_logs").iterdir()
+    assert "OSError: disk hiccup" in log.read_text() and failed
+    err = terminal_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("note: Beam logged ") and err[0].endswith(
+        f"error records that the run recovered from ({log})"), err
