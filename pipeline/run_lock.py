@@ -4,7 +4,8 @@ Two runs writing into one output would interleave their tables and delete each o
 run records. So the launcher creates ``OUTPUT/_LOCK`` (run id, host, pid, start time,
 heartbeat) before any work, refreshes the heartbeat from a background thread while the
 run goes on, and deletes the lock at the end. Another run refuses to start while the lock
-is fresh; a lock without a heartbeat for the stale period (its run was killed), or any
+is fresh; a lock whose process has ended (same host: a run killed with kill -9 is resumed
+at once), a lock without a heartbeat for the stale period (a run killed elsewhere), or any
 lock with --force, is taken over, and the launcher says so. Before writing _SUCCESS the
 launcher checks that the lock is still its own.
 
@@ -54,6 +55,19 @@ class LockInfo:
 
     def describe(self) -> str:
         return f"run {self.run_id} on {self.host} (pid {self.pid}, started {self.started})"
+
+    def process_ended(self) -> bool:
+        """Whether the lock's launcher ran on this host and its process is gone (a reused
+        pid reads as alive: the lock then waits for the stale period)."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
 
 def _now_iso() -> str:
@@ -158,11 +172,16 @@ def acquire(output: str, run_id: str, stale_after_s: float, force: bool = False)
         if held is None:
             continue
         silent_s = time.time() - held.heartbeat
-        if not force and silent_s < stale_after_s:
+        if silent_s >= stale_after_s:
+            why = f"no heartbeat for {silent_s / 60:.1f} min"
+        elif held.process_ended():
+            why = "its process has ended"
+        elif force:
+            why = "--force"
+        else:
             raise OutputLocked(
                 f"--output {output} is in use by {held.describe()}, last heartbeat {silent_s:.0f} s ago "
                 f"(lock {path}); wait for it to end, or pass --force if it is dead")
-        why = "--force" if force and silent_s < stale_after_s else f"no heartbeat for {silent_s / 60:.1f} min"
         if _remove_stale(path, held, run_id):
             took_over = f"took over the lock of {held.describe()}: {why}"
     raise OutputLocked(f"--output {output}: could not take its lock {path} (other runs keep taking it)")

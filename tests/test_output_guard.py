@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,9 +107,9 @@ def test_bad_output_folders_fail_in_one_line_before_any_work(lfw, tmp_path, case
     assert sorted(os.listdir(library / "u")) == ["1.jpg", "2.jpg"]
 
 
-def fake_lock(out: Path, silent_s: float) -> None:
+def fake_lock(out: Path, silent_s: float, host: str = "elsewhere", pid: int = 1) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / LOCK).write_text(json.dumps({"run_id": "deadbeef0000", "host": "elsewhere", "pid": 1,
+    (out / LOCK).write_text(json.dumps({"run_id": "deadbeef0000", "host": host, "pid": pid,
                                         "started": "2026-01-01T00:00:00+00:00",
                                         "heartbeat": time.time() - silent_s}))
 
@@ -121,12 +123,19 @@ def test_a_live_lock_refuses_and_a_stale_or_forced_one_is_taken_over(lfw, tmp_pa
     assert err.startswith(f"error: --output {out} is in use by run deadbeef0000 on elsewhere") and err.count("\n") == 1
     assert read_lock(str(out / LOCK)).run_id == "deadbeef0000" and not (out / "photos").exists()
 
-    for silent_s, args, why in ((3600, [], "no heartbeat for 60.0 min"), (30, ["--force"], "--force")):
-        fake_lock(out, silent_s)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here, gone = socket.gethostname(), int(ended.stdout)  # a launcher killed on this host, resumed at once
+    for silent_s, host, pid, args, why in ((3600, "elsewhere", 1, [], "no heartbeat for 60.0 min"),
+                                           (30, "elsewhere", 1, ["--force"], "--force"),
+                                           (30, here, gone, [], "its process has ended")):
+        fake_lock(out, silent_s, host, pid)
         assert main(["--input", str(library), "--output", str(out), *args]) == 0
         err = capsys.readouterr().err
-        assert f"note: took over the lock of run deadbeef0000 on elsewhere (pid 1, started 2026-01-01T00:00:00+00:00): {why}" in err
+        assert (f"note: took over the lock of run deadbeef0000 on {host} (pid {pid}, "
+                f"started 2026-01-01T00:00:00+00:00): {why}") in err
         assert (out / "_SUCCESS").is_file() and not (out / LOCK).exists()
+    fake_lock(out, 30, here, os.getpid())  # this very process: alive
+    assert main(["--input", str(library), "--output", str(out)]) == 2
 
 
 def test_the_heartbeat_keeps_a_lock_fresh(tmp_path):
@@ -151,6 +160,24 @@ def test_two_runs_into_one_output_one_succeeds_the_other_refuses(lfw, tmp_path):
     assert sorted(rc for rc, _, _ in done) == [0, 2], done
     refused = next(err for rc, _, err in done if rc == 2)
     assert terminal_lines(refused) == [next(line for line in terminal_lines(refused) if "is in use by run" in line)]
+    assert (out / "_SUCCESS").is_file() and not (out / LOCK).exists()
+
+
+def test_a_run_killed_with_sigkill_is_resumed_at_once(lfw, tmp_path):
+    """kill -9 leaves the lock behind, fresh; the next run on this host sees that its
+    process has ended and takes it over instead of waiting for the stale period."""
+    library = small_library(lfw, tmp_path / "library", photos=40)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline", "--input", str(library), "--output", str(out)]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / LOCK).exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(30) == -signal.SIGKILL and read_lock(str(out / LOCK)).pid == first.pid
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"(pid {first.pid}, " in done.stderr and "its process has ended" in done.stderr
     assert (out / "_SUCCESS").is_file() and not (out / LOCK).exists()
 
 
