@@ -31,7 +31,6 @@ class RunFailed(RuntimeError):
     def __init__(self, step: str, error: str, log: str | None, log_problem: str | None = None) -> None:
         where = f"traceback in {log}" if log else f"traceback not written ({log_problem}); rerun with --verbose"
         super().__init__(f"error in step {step}: {error} ({where})")
-        self.log = log
 
 
 def failed_step(exc: BaseException) -> str | None:
@@ -55,7 +54,7 @@ class KeptBeamErrors(logging.Handler):
     printed; its other records go on to the root logger's handlers as before."""
 
     def __init__(self, keep: bool = True) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.keep = keep
         self.records: list[str] = []
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

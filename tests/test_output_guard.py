@@ -22,6 +22,7 @@ import pytest
 
 from pipeline.run import main
 from pipeline.run_lock import LOCK, OutputLocked, acquire, read_lock
+from pipeline.run_log import error_line, failed_step
 from tests.conftest import REPO, lfw_image
 
 #: Runs the launcher with listing and model loading replaced by a marker and exit 99, so a
@@ -225,3 +226,14 @@ def test_errors_a_run_recovers_from_are_kept_in_the_log(lfw, tmp_path, monkeypat
     err = terminal_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("note: Beam logged ") and err[0].endswith(
         f"error records that the run recovered from ({log})"), err
+
+
+def test_the_one_line_names_the_step_and_the_workers_error():
+    """FnApiRunner quotes the worker's error line; portable runners quote its traceback."""
+    direct = RuntimeError("OSError: [Errno 28] No space left on device: '/o/x' [while running 'WriteUserTables']")
+    portable = RuntimeError("Pipeline job failed:\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                            "ValueError: bad pixels [while running 'LoadPhotos']\n")
+    assert (failed_step(direct), error_line(direct)) == (
+        "WriteUserTables", "OSError: [Errno 28] No space left on device: '/o/x'")
+    assert (failed_step(portable), error_line(portable)) == ("LoadPhotos", "ValueError: bad pixels")
+    assert (failed_step(KeyError("k")), error_line(KeyError("k"))) == (None, "KeyError: 'k'")
