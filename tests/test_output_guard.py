@@ -149,6 +149,10 @@ def test_the_heartbeat_keeps_a_lock_fresh(tmp_path):
     assert not (tmp_path / LOCK).exists()
     with acquire(str(tmp_path), "third", stale_after_s=0.4):
         assert read_lock(str(tmp_path / LOCK)).run_id == "third"
+    (tmp_path / LOCK).write_text("{half a lock")  # garbage never blocks an output for good
+    with acquire(str(tmp_path), "fourth", stale_after_s=600) as lock:
+        assert lock.took_over.startswith("took over the lock of run unknown") and lock.held()
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_two_runs_into_one_output_one_succeeds_the_other_refuses(lfw, tmp_path):
