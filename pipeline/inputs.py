@@ -12,7 +12,9 @@ blocks forever on a FIFO: local folders are walked with ``os.walk`` (every non-f
 entry becomes a photo, so broken links and symbolic-link loops end as read failures
 instead of vanishing; links to folders are not followed, which rules out loops, and
 are reported as skipped, like folders that cannot be listed), and a local path that is
-not a regular file fails at read without being opened.
+not a regular file fails at read without being opened. A local library photo is read only
+where its links lead inside its user's folder, unless ``--follow_links anywhere``
+(pipeline.links); manifest rows may name any path.
 
 The launcher lists the library before the pipeline starts (`list_photos`): the listing
 is sorted, so batches are the same on every runner and every retry, and the number of
@@ -31,6 +33,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.links import FOLLOW_USER, LinkLeavesFolder, confined
 from pipeline.records import PhotoBytes, PhotoOutcome, PhotoRef, Skipped, describe_error, failed_outcome
 from pipeline.users import user_id_problem
 
@@ -63,8 +66,9 @@ def normalise_location(location: str) -> str:
     return os.path.abspath(os.path.expanduser(location))
 
 
-def list_photos(location: str) -> Listing:
-    """List a library folder or manifest; ValueError when it holds no photo at all."""
+def list_photos(location: str, follow_links: str = FOLLOW_USER) -> Listing:
+    """List a library folder or manifest; ValueError when it holds no photo at all.
+    With follow_links FOLLOW_USER, local library photos are confined to their user's folder."""
     if is_manifest(location):
         manifest_dir = FileSystems.split(location)[0]
         items = [manifest_ref(row, manifest_dir) for row in read_manifest_rows(location)]
@@ -72,7 +76,7 @@ def list_photos(location: str) -> Listing:
         matched = FileSystems.match([FileSystems.join(location, "**")])[0].metadata_list
         items = [library_ref(meta.path, location) for meta in matched]
     else:
-        items = list_local(location)
+        items = list_local(location, follow_links == FOLLOW_USER)
     photos = sorted((i for i in items if isinstance(i, PhotoRef)), key=lambda r: (r.user_id, r.photo_path))
     skipped = sorted((i for i in items if isinstance(i, Skipped)), key=lambda s: (s.path, s.reason))
     if not photos:
@@ -81,10 +85,11 @@ def list_photos(location: str) -> Listing:
     return Listing(photos, skipped)
 
 
-def list_local(root: str) -> list[PhotoRef | Skipped]:
+def list_local(root: str, confine_links: bool = True) -> list[PhotoRef | Skipped]:
     """Every non-folder entry under a local library root (FIFOs, broken links and link
     loops included: they fail at read), plus a Skipped item for each link to a folder
-    (not followed) and each folder that cannot be listed."""
+    (not followed) and each folder that cannot be listed. With confine_links, each photo
+    may be read only inside its user's folder (PhotoRef.link_folder)."""
     items: list[PhotoRef | Skipped] = []
     prefix = root.rstrip("/") + "/"
 
@@ -97,12 +102,13 @@ def list_local(root: str) -> list[PhotoRef | Skipped]:
             if os.path.islink(os.path.join(folder, name)):
                 rel = os.path.join(folder, name)[len(prefix):]
                 items.append(Skipped(_printable(rel), "symbolic link to a folder (not followed)"))
-        items.extend(library_ref(os.path.join(folder, name), root) for name in files)
+        items.extend(library_ref(os.path.join(folder, name), root, confine_links) for name in files)
     return items
 
 
-def library_ref(path: str, root: str) -> PhotoRef | Skipped:
-    """The PhotoRef of a file listed under a library root, or why it belongs to no user."""
+def library_ref(path: str, root: str, confine_links: bool = False) -> PhotoRef | Skipped:
+    """The PhotoRef of a file listed under a library root, or why it belongs to no user.
+    With confine_links (local roots only), the photo may be read only inside its user's folder."""
     prefix = root.rstrip("/") + "/"
     if not path.startswith(prefix):
         raise ValueError(f"listed file {path!r} is not under the input root {root!r}")
@@ -113,7 +119,8 @@ def library_ref(path: str, root: str) -> PhotoRef | Skipped:
     problem = user_id_problem(user_id)
     if problem:
         return Skipped(_printable(rel), problem)
-    return PhotoRef(user_id, _valid_utf8(rel), path)
+    return PhotoRef(user_id, _valid_utf8(rel), path,
+                    link_folder=os.path.join(root, user_id) if confine_links else None)
 
 
 def manifest_ref(row: tuple[object, object], manifest_dir: str) -> PhotoRef | Skipped:
@@ -182,10 +189,13 @@ def check_local_file(path: str) -> None:
         raise NotAFile(f"not a regular file ({kind})")
 
 
-def read_bounded(uri: str, max_bytes: int) -> bytes:
-    """The bytes of `uri` (never decompressed), or FileTooLarge once it exceeds max_bytes."""
+def read_bounded(uri: str, max_bytes: int, link_folder: str | None = None) -> bytes:
+    """The bytes of `uri` (never decompressed), or FileTooLarge once it exceeds max_bytes.
+    A local `uri` is read at its real path, which must lie in `link_folder` when given
+    (LinkLeavesFolder otherwise; pipeline.links)."""
     if "://" not in uri:
         check_local_file(uri)
+        uri = confined(uri, link_folder)
     chunks, total = [], 0
     with FileSystems.open(uri, mime_type="application/octet-stream",
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -199,11 +209,14 @@ def read_bounded(uri: str, max_bytes: int) -> bytes:
 
 def read_photo(ref: PhotoRef, max_bytes: int) -> PhotoBytes | PhotoOutcome:
     """The photo's bytes and SHA-256, or a failed outcome (stage "read") whose error names
-    the photo by its relative path only."""
+    the photo by its relative path only (the real path of a followed link by its user's id)."""
     try:
-        data = read_bounded(ref.uri, max_bytes)
-    except (FileTooLarge, NotAFile) as exc:
+        data = read_bounded(ref.uri, max_bytes, ref.link_folder)
+    except (FileTooLarge, NotAFile, LinkLeavesFolder) as exc:
         return failed_outcome(ref.user_id, ref.photo_path, "read", str(exc))
     except Exception as exc:  # I/O errors of any file system become failure rows
-        return failed_outcome(ref.user_id, ref.photo_path, "read", describe_error(exc, {ref.uri: ref.photo_path}))
+        hidden = {ref.uri: ref.photo_path}
+        if ref.link_folder:
+            hidden[os.path.realpath(ref.link_folder)] = ref.user_id
+        return failed_outcome(ref.user_id, ref.photo_path, "read", describe_error(exc, hidden))
     return PhotoBytes(ref, hashlib.sha256(data).hexdigest(), data)

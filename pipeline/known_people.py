@@ -6,7 +6,9 @@ Folder layout, one of (decided by where the photos are; mixing the two is an err
 Hidden files and folders and files that are not photos (by extension) are ignored. The face
 of a reference photo is the detected face covering most of the photo (ties: the most
 central; photo_faces.largest_face); photos that cannot be read (broken links included) or
-show no face are skipped and listed in `KnownPeople.skipped`.
+show no face are skipped and listed in `KnownPeople.skipped`. Links obey --follow_links as
+in the library (pipeline.links): by default a photo under DIR/<user_id>/ is read only where
+its links lead inside that folder, and a shared one only inside DIR.
 A run loads the folder once, on the launching machine (`load_naming`), with the run's
 detector options and embedder, and names its clusters by pipeline.naming.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from models.embedders import FaceEmbedder
 from models.mtcnn import MTCNN
 from pipeline.inference import InferenceSettings
+from pipeline.links import FOLLOW_USER, confined
 from pipeline.naming import KnownPeople, Naming
 from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE
 from pipeline.photo_faces import faces_in, largest_face, read_photo
@@ -61,10 +64,19 @@ def reference_photos(root: Path) -> list[tuple[str | None, str, Path]]:
     return found
 
 
+def link_folder(root: Path, user_id: str | None) -> tuple[str, str]:
+    """(folder, its description) that a reference photo's links must stay in: its user's
+    folder, or the whole known-people folder for photos shared by every user."""
+    if user_id is None:
+        return str(root), "the --known_people folder"
+    return str(root / user_id), "the user's folder"
+
+
 def load_known_people(root: str | Path, detector: MTCNN, embedder: FaceEmbedder, max_detect_side: int = DEFAULT_MAX_DETECT_SIDE,
-                      min_det_score: float = DEFAULT_MIN_DET_SCORE) -> KnownPeople:
+                      min_det_score: float = DEFAULT_MIN_DET_SCORE, follow_links: str = FOLLOW_USER) -> KnownPeople:
     """Embed the largest face of every reference photo under `root` with `embedder`
-    (detection options as in photo_faces: a run passes its own), READ_BATCH photos at a time."""
+    (detection options as in photo_faces: a run passes its own), READ_BATCH photos at a time.
+    Links are followed as `follow_links` allows (pipeline.links)."""
     root = Path(root)
     embeddings, names, user_ids, skipped = [], [], [], []
     refs = reference_photos(root)
@@ -73,7 +85,8 @@ def load_known_people(root: str | Path, detector: MTCNN, embedder: FaceEmbedder,
         for user_id, name, path in refs[start:start + READ_BATCH]:
             rel = path.relative_to(root).as_posix()
             try:
-                photos.append(read_photo(path, max_detect_side))
+                folder, what = link_folder(root, user_id) if follow_links == FOLLOW_USER else (None, "")
+                photos.append(read_photo(confined(str(path), folder, what), max_detect_side))
             except (OSError, ValueError) as exc:
                 skipped.append((rel, str(exc)))
                 continue
@@ -92,10 +105,12 @@ def load_known_people(root: str | Path, detector: MTCNN, embedder: FaceEmbedder,
                        np.array(user_ids, dtype=object), skipped)
 
 
-def load_naming(folder: str, settings: InferenceSettings, embedder: FaceEmbedder) -> Naming:
+def load_naming(folder: str, settings: InferenceSettings, embedder: FaceEmbedder,
+                follow_links: str = FOLLOW_USER) -> Naming:
     """The Naming of a run: its thresholds and the folder's reference faces, detected and
     embedded on this (launching) machine with the run's detector options and `embedder`
-    (the one the launcher loaded, pipeline.inference.launcher_embedder).
+    (the one the launcher loaded, pipeline.inference.launcher_embedder); links followed as
+    `follow_links` allows.
 
     Raises ValueError when no thresholds were derived for the embedder version, or when
     `embedder` is not the version the run's workers are checked against.
@@ -105,5 +120,6 @@ def load_naming(folder: str, settings: InferenceSettings, embedder: FaceEmbedder
                          f"embeds with {settings.embedder.version}; names would compare unrelated distances")
     rule = thresholds_for(embedder.version)
     detector = MTCNN(min_face_size=settings.min_face_size, device=embedder.device)
-    known = load_known_people(folder, detector, embedder, settings.max_detect_side, settings.min_det_score)
+    known = load_known_people(folder, detector, embedder, settings.max_detect_side, settings.min_det_score,
+                              follow_links)
     return Naming(known, rule.name, rule.margin)

@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cluster import DEFAULT_METHOD, METHODS
 from pipeline.inputs import is_manifest, normalise_location
+from pipeline.links import FOLLOW_LINKS, FOLLOW_USER
 from pipeline.reuse import NO_PREVIOUS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,6 +24,8 @@ DEFAULT_MIN_DET_SCORE = 0.9
 DEFAULT_MIN_FACE_SIZE = 20
 DEFAULT_MAX_DETECT_SIDE = 1600
 DEFAULT_MAX_PIXELS = 200_000_000
+#: A run's lock is stale (its run presumed dead) after this long without a heartbeat.
+DEFAULT_LOCK_STALE_MINUTES = 10.0
 
 
 class FaceGroupOptions(PipelineOptions):
@@ -88,6 +91,24 @@ class FaceGroupOptions(PipelineOptions):
                  "and the report; others stay unnamed (rule and thresholds: README, Naming people). The "
                  "photos are embedded once on the launching machine, with this run's --embedder.")
         parser.add_argument(
+            "--follow_links", default=FOLLOW_USER, choices=FOLLOW_LINKS,
+            help="symbolic links in a library folder or --known_people: 'user' (default) reads a photo only "
+                 "where its links lead inside the same user's folder (else it fails at read: a user's "
+                 "folder cannot pull in another user's photo or any other file); 'anywhere' follows every "
+                 "link (single-user set-ups that link photos in from elsewhere). Manifest paths are "
+                 "always read as given.")
+        parser.add_argument(
+            "--force", action="store_true",
+            help="take over the --output folder's lock even when its run still looks alive (only when "
+                 "you know that run is dead).")
+        parser.add_argument(
+            "--lock_stale_minutes", type=float, default=DEFAULT_LOCK_STALE_MINUTES,
+            help="a lock whose run sent no heartbeat for this many minutes is taken over "
+                 f"(default {DEFAULT_LOCK_STALE_MINUTES:g}; a running launcher beats 4 times per period).")
+        parser.add_argument(
+            "--verbose", action="store_true",
+            help="print the full traceback of an unexpected error (always written to --output/_logs/).")
+        parser.add_argument(
             "--batch_size", type=int, default=16,
             help="photos per detection batch (fewer when photos are large: a photo counts once per "
                  "started 4 megapixels); all faces of a batch are embedded together (default 16).")
@@ -114,9 +135,9 @@ def validate(options: FaceGroupOptions) -> None:
     if "://" not in options.output:
         if os.path.isfile(options.output):
             raise ValueError(f"--output {options.output} is a file; give a folder")
-        root = options.input
-        if local and not is_manifest(root) and os.path.commonpath([root, options.output]) == root:
-            raise ValueError(f"--output {options.output} is inside the input library {root}; "
+        root, output = os.path.realpath(options.input), os.path.realpath(options.output)  # links too
+        if local and not is_manifest(options.input) and os.path.commonpath([root, output]) == root:
+            raise ValueError(f"--output {options.output} is inside the input library {options.input}; "
                              "a later run would read its own outputs as photos")
     if options.known_people is not None and not os.path.isdir(options.known_people):
         raise FileNotFoundError(f"--known_people folder {options.known_people} does not exist "
@@ -124,5 +145,7 @@ def validate(options: FaceGroupOptions) -> None:
     for name in ("min_face_size", "max_detect_side", "max_pixels", "max_file_bytes", "batch_size"):
         if getattr(options, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(options, name)}")
+    if not options.lock_stale_minutes > 0:
+        raise ValueError(f"--lock_stale_minutes must be positive, got {options.lock_stale_minutes}")
     if not 0.0 <= options.min_det_score <= 1.0:
         raise ValueError(f"--min_det_score must be between 0 and 1, got {options.min_det_score}")

@@ -32,12 +32,15 @@ class PhotoRef:
     reuse_sha256: the SHA-256 this path had in the previous run when that run's results
     for it can be reused (pipeline.reuse); if the bytes still hash to it, the photo is
     not decoded, detected or embedded again.
+    link_folder: the local folder (its user's) that the photo's real path must lie in,
+    or None when links may lead anywhere (pipeline.links).
     """
 
     user_id: str
     photo_path: str  # relative to the input root, or the manifest's path as given
     uri: str
     reuse_sha256: str | None = None
+    link_folder: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,15 @@ state or finish_bundle output, so it means the same on DirectRunner, DaskRunner 
 portable runners. Every photo listed becomes exactly one outcome; the end-of-run check
 compares the listing with the written tables.
 
+Before any photo is listed, the launcher proves it can write --output (a probe file,
+pipeline.output_probe) and takes the folder's lock (pipeline.run_lock: one run per output).
 A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
 files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
 launcher reads those records, removes the folders of users that are no longer in the
 input and temporary files of failed attempts, builds the report, and writes
 ``summary.json`` and finally ``_SUCCESS``. Output without ``_SUCCESS`` is incomplete.
+An unexpected failure ends in one line naming the step; its traceback goes to
+``_logs/<run id>.log`` (pipeline.run_log).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 
@@ -44,10 +49,13 @@ from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings
 from pipeline.inputs import Listing, list_photos
 from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
+from pipeline.output_probe import probe_output
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
 from pipeline.records import PhotoOutcome
 from pipeline.report import build_report
 from pipeline.reuse import ReadPrevious, ReusePlan, plan_reuse, resolve_previous
+from pipeline.run_lock import RunLock, acquire
+from pipeline.run_log import KeptBeamErrors, RunFailed, run_failed, write_log
 from pipeline.users import user_folder, user_key
 
 SUCCESS = "_SUCCESS"
@@ -250,25 +258,62 @@ def in_process_runner(options: PipelineOptions) -> str:
 def run(argv: list[str] | None = None) -> RunSummary:
     """Run the pipeline with command-line `argv`; returns the checked summary.
 
-    Raises ValueError/FileNotFoundError for bad options or input, RuntimeError when the
-    pipeline fails or a listed photo is missing from the outputs (no _SUCCESS then).
+    Before any work: options validated, --output proven writable (pipeline.output_probe)
+    and locked for this run (pipeline.run_lock). Raises ValueError/FileNotFoundError for bad
+    options, output or input (nothing written but the probe), RunFailed (pipeline.run_log:
+    one line, the traceback in OUTPUT/_logs/) for anything else, such as a failed step of the
+    pipeline or a listed photo missing from the outputs (no _SUCCESS then).
     """
     options = PipelineOptions(argv)
     runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
-    listing = list_photos(opts.input)
+    run_id = uuid.uuid4().hex[:12]
+    probe_output(opts.output, run_id)
+    lock = acquire(opts.output, run_id, opts.lock_stale_minutes * 60, opts.force)
+    if lock.took_over:
+        print(f"note: {lock.took_over}", file=sys.stderr)
+    with lock, KeptBeamErrors(keep=not opts.verbose) as beam_errors:
+        progress = Progress()
+        try:
+            summary = execute(options, opts, runner, run_id, lock, progress)
+        except Exception as exc:
+            if not progress.pipeline_started and isinstance(exc, (ValueError, FileNotFoundError)):
+                raise  # bad input or known people: a one-line error of its own
+            raise run_failed(exc, progress.step, opts.output, run_id, beam_errors.records) from exc
+        if beam_errors.records:  # errors the run recovered from (retried bundles): kept, not lost
+            log, problem = write_log(opts.output, run_id, beam_errors.records)
+            print(f"note: Beam logged {len(beam_errors.records)} error records that the run recovered from "
+                  f"({log or problem})", file=sys.stderr)
+        return summary
+
+
+@dataclass
+class Progress:
+    """Which launcher step a run is in: the step a failure is reported in."""
+
+    step: str = "listing the input"
+    pipeline_started: bool = False
+
+
+def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_id: str, lock: RunLock,
+            progress: Progress) -> RunSummary:
+    """List, plan, run the pipeline and finalise the output (options validated, output locked)."""
+    listing = list_photos(opts.input, opts.follow_links)
+    progress.step = "loading the embedder"
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     embedder = embedder_info(model)
     settings = inference_settings(opts, embedder)
+    progress.step = "planning reuse of the previous run"
     previous = resolve_previous(opts.previous, opts.output)
     plan = plan_reuse(previous, listing, settings)
     naming = None
     if opts.known_people:
+        progress.step = "loading --known_people"
         from pipeline.known_people import load_naming  # loads torch models: only when asked
 
-        naming = load_naming(opts.known_people, settings, model)
-    run_id = uuid.uuid4().hex[:12]
+        naming = load_naming(opts.known_people, settings, model, opts.follow_links)
+    progress.step, progress.pipeline_started = "running the pipeline", True
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
         FileSystems.delete([success])
@@ -280,14 +325,18 @@ def run(argv: list[str] | None = None) -> RunSummary:
     wall = time.perf_counter() - start
     if state != PipelineState.DONE:
         raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")
+    progress.step = "finalising the output"
     users = finalise(opts.output, run_id)
     summary = RunSummary(run_id, runner, opts.output, len(listing.photos), wall,
                          asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result),
                          previous=previous,
                          known_people=known_people_record(opts.known_people, naming) if naming else None)
     summary.check()
+    progress.step = "writing the report"
     summary.report = build_report(opts.output)
     write_text(FileSystems.join(opts.output, SUMMARY), summary.to_json())
+    if not lock.held():
+        raise RuntimeError(f"the lock of {opts.output} was taken over by another run; not marked complete")
     write_text(success, run_id + "\n")
     return summary
 
@@ -307,7 +356,9 @@ def help_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m pipeline`: prints the summary; one-line errors, exit 2."""
+    """Entry point of `python -m pipeline`: prints the summary. Errors in one line: bad
+    options, output or input exit 2 before any work; a failed run exits 1 (its traceback in
+    OUTPUT/_logs/, and on the terminal too with --verbose)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         help_parser().print_help()
@@ -315,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(argv)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        if "--verbose" in argv:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return 1
     print(summary.format())
     return 0

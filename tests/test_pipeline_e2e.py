@@ -262,5 +262,6 @@ def test_help_documents_every_option():
                          text=True, check=True).stdout
     for option in ("--input", "--output", "--previous", "--device", "--embedder", "--embedder_weights", "--min_face_size",
                    "--min_det_score", "--max_detect_side", "--max_pixels", "--max_file_bytes", "--cluster",
-                   "--batch_size", "Beam pipeline flag"):
+                   "--batch_size", "--follow_links", "--force", "--lock_stale_minutes", "--verbose",
+                   "Beam pipeline flag"):
         assert option in out
