@@ -16,8 +16,10 @@ DevTrain threshold, and the ROC AUC of all View-1 pairs. Candidates per checkpoi
 standardisation on davidsandberg's crop, then +flip)
   +flip       averaged with the embedding of the mirrored chip (tried on the best of the above)
 
-then ensembles of the chosen single models with dlib-resnet (its own chosen preprocessing),
-weights equal (each member's squared distance counts alike). Each candidate's embeddings
+then ensembles of the chosen single models (dlib-resnet with its own chosen preprocessing):
+"equal" concatenates the unit embeddings (each member's squared distance counts alike),
+"units" divides each by its member's verification threshold on DevTrain first (each
+member's distance counts in units of its own decision boundary). Each candidate's embeddings
 are cached by bench/lfw_embed under its own embedder version, so the chosen one is reused
 by bench/lfw_verify.py and bench/identify_lfw.py.
 
@@ -91,9 +93,16 @@ def main() -> None:
         flipped, _ = embed_images(paths, candidate(model, crop, prewhiten, True), progress=True)
         flip = report(f"{name} {crop} {'prewhiten' if prewhiten else 'fixed'}+flip", flipped)
         chosen[name] = flipped if flip > best else emb
+    train_same = np.array([s for *_, s in train])
+    units = {m: best_threshold(pair_distances(train, dict(zip(paths, emb))), train_same)
+             for m, emb in chosen.items()}
+    print("distance units (DevTrain verification thresholds): "
+          + ", ".join(f"{m} {u:.4f}" for m, u in units.items()))
     for members in (("dlib-resnet", "facenet-msceleb"), ("dlib-resnet", "facenet-casia"),
                     ("facenet-msceleb", "facenet-casia"), ("dlib-resnet", "facenet-msceleb", "facenet-casia")):
-        report("ensemble " + "+".join(members), unit(np.concatenate([chosen[m] for m in members], axis=1)))
+        name = "+".join(m.replace("facenet-", "") for m in members)
+        report(f"{name} equal", unit(np.concatenate([chosen[m] for m in members], axis=1)))
+        report(f"{name} units", unit(np.concatenate([chosen[m] / units[m] for m in members], axis=1)))
 
 
 if __name__ == "__main__":

@@ -180,9 +180,9 @@ def _converted(name: str) -> Callable[[str | torch.device, str | None], FaceEmbe
 
 class EnsembleEmbedder:
     """Several embedders as one: each member embeds the face its own way, and the
-    embedding is the concatenation of the members' unit vectors, member i scaled by
-    sqrt(w_i / sum w), so that it has unit norm and a squared distance is the
-    w-weighted mean of the members' squared distances.
+    embedding is the concatenation of the members' unit vectors, member i divided by its
+    distance unit u_i, renormalised. A squared distance is then proportional to
+    sum_i (d_i / u_i)^2: each member's distance counts in units of its own scale.
 
     face_inputs rows hold every member's chip, flattened and concatenated; thumbnails show
     the first member's.
@@ -190,17 +190,17 @@ class EnsembleEmbedder:
 
     name = "ensemble"
 
-    def __init__(self, members: list[Embedder], weights: tuple[float, ...]) -> None:
-        if len(members) != len(weights) or not members:
-            raise ValueError("an ensemble needs one weight per member")
+    def __init__(self, members: list[Embedder], units: tuple[float, ...]) -> None:
+        if len(members) != len(units) or not members:
+            raise ValueError("an ensemble needs one distance unit per member")
         self.members = members
-        self.weights = weights
-        self.scales = np.sqrt(np.asarray(weights, np.float64) / sum(weights)).astype(np.float32)
+        self.units = units
+        inverse = 1.0 / np.asarray(units, np.float64)
+        self.scales = (inverse / np.linalg.norm(inverse)).astype(np.float32)
         self.dim = sum(m.dim for m in members)
         self.lineage = None
         self.device = members[0].device
-        parts = ",".join(f"{m.name}:{m.version}" for m in members)
-        self.version = f"ensemble({parts})w" + ":".join(f"{w:g}" for w in weights)
+        self.version = "ensemble(" + ",".join(f"{m.name}:{m.version}/u{u:g}" for m, u in zip(members, units)) + ")"
         self._widths = [m.input_size ** 2 * 3 for m in members]
 
     def face_inputs(self, image: np.ndarray, faces: HasFaces) -> np.ndarray:
@@ -228,10 +228,12 @@ class EnsembleEmbedder:
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
-#: Members of the default ensemble: models trained on different data make different
-#: mistakes (dlib's on ~3M faces of VGG/face scrub data, FaceNet's on MS-Celeb-1M). Equal
-#: weights: a principled rule rather than a fit of View-1's noise (bench/RESULTS.md).
-ENSEMBLE_MEMBERS = (("dlib-resnet", 1.0), ("facenet-msceleb", 1.0))
+#: The ensemble's members and their distance units. Models trained on different data make
+#: different mistakes (dlib's on ~3M faces of VGG, FaceScrub and web photos; FaceNet's on
+#: MS-Celeb-1M). A member's unit is its verification threshold chosen on View-1 DevTrain
+#: (bench/choose_facenet.py): the members count alike at their own decision boundaries, a
+#: rule rather than weights fitted to View-1's noise (bench/RESULTS.md compares both).
+ENSEMBLE_MEMBERS = (("dlib-resnet", 0.4203), ("facenet-msceleb", 1.0522))
 
 
 def _ensemble(device: str | torch.device, weights: str | None) -> FaceEmbedder:
@@ -239,7 +241,7 @@ def _ensemble(device: str | torch.device, weights: str | None) -> FaceEmbedder:
         raise ValueError("--embedder_weights does not apply to the ensemble: its members load "
                          "their own published weights")
     return EnsembleEmbedder([EMBEDDERS[n](device, None) for n, _ in ENSEMBLE_MEMBERS],
-                            tuple(w for _, w in ENSEMBLE_MEMBERS))
+                            tuple(u for _, u in ENSEMBLE_MEMBERS))
 
 
 def _finetuned(name: str, device: str | torch.device, path: str) -> Embedder:

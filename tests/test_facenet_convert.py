@@ -119,7 +119,7 @@ def test_converted_weights_are_cached_by_source_digest(tmp_path):
     assert again == version and network.embedding_dim == 128
 
 
-def test_ensemble_is_unit_and_averages_squared_distances(lfw):
+def test_ensemble_is_unit_and_sums_squared_distances_in_member_units(lfw):
     ensemble = get_embedder("ensemble")
     assert isinstance(ensemble, EnsembleEmbedder)
     assert [m.name for m in ensemble.members] == ["dlib-resnet", "facenet-msceleb"]
@@ -130,7 +130,9 @@ def test_ensemble_is_unit_and_averages_squared_distances(lfw):
     e = ensemble.combine(parts)
     assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-6)
     d2 = np.sum((e[0] - e[1]) ** 2)
-    assert d2 == pytest.approx(np.mean([np.sum((p[0] - p[1]) ** 2) for p in parts]), rel=1e-5)
+    units = np.asarray(ensemble.units)
+    member_d2 = np.array([np.sum((p[0] - p[1]) ** 2) for p in parts])
+    assert d2 == pytest.approx(np.sum(member_d2 / units ** 2) / np.sum(1 / units ** 2), rel=1e-5)
     # on a real photo: one row of inputs per face, thumbnails from the first member
     from models.mtcnn import MTCNN
 
