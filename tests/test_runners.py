@@ -34,7 +34,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -44,6 +43,7 @@ from pipeline.inference import embedder_info, launcher_embedder
 from pipeline.inputs import list_photos
 from pipeline.known_people import load_naming
 from pipeline.options import FaceGroupOptions, validate
+from pipeline.partitions import open_table
 from pipeline.progress import ProgressPrinter
 from pipeline.outputs import PART, RUNS, TABLES
 from pipeline.reuse import plan_reuse
@@ -138,7 +138,7 @@ def run_pipeline(args: list[str], log: Path, services: Services) -> None:
 
 
 def read_table(out: Path, table: str) -> list[dict]:
-    return ds.dataset(out / table, format="parquet", partitioning="hive").to_table().to_pylist()
+    return open_table(out / table).to_table().to_pylist()
 
 
 def people(clusters: list[dict]) -> dict[str, set[frozenset[str]]]:
