@@ -31,6 +31,6 @@ setup(
     extras_require={
         "heic": ["pillow-heif>=0.16"],
         "tests": ["pytest>=8", "dlib-bin>=19.24", "selenium>=4.20", "pillow-heif>=0.16",
-                  "dask[distributed]>=2024.1"],
+                  "dask[distributed]>=2024.1", "pandas>=2.0", "duckdb>=1.1", "polars>=1.0"],
     },
 )

@@ -352,7 +352,7 @@ def load_parquet_faces(faces_dir: Path, labels_csv: Path, embedder: Embedder) ->
     """Labelled faces from the pipeline's faces/ Parquet (aligned JPEG thumbnails) and a CSV
     with header `face_key,label`. Faces must come from `embedder`'s alignment, i.e. the same
     embedder name; rows without a thumbnail are skipped."""
-    import pyarrow.dataset as ds
+    from pipeline.partitions import open_table
 
     if not faces_dir.is_dir():
         raise FileNotFoundError(f"--faces folder not found: {faces_dir}")
@@ -363,7 +363,7 @@ def load_parquet_faces(faces_dir: Path, labels_csv: Path, embedder: Embedder) ->
         if not reader.fieldnames or not {"face_key", "label"} <= set(reader.fieldnames):
             raise ValueError(f"--labels {labels_csv} needs a header with columns face_key,label")
         labels = {row["face_key"]: row["label"] for row in reader if row["label"]}
-    table = ds.dataset(faces_dir, format="parquet", partitioning="hive").to_table(
+    table = open_table(faces_dir).to_table(
         columns=["face_key", "embedder", "thumbnail"])
     rows: dict[str, tuple[str, bytes | None]] = {}
     for key, name, thumb in zip(*(table.column(c).to_pylist() for c in ("face_key", "embedder", "thumbnail"))):

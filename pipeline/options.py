@@ -24,6 +24,7 @@ DEFAULT_MIN_DET_SCORE = 0.9
 DEFAULT_MIN_FACE_SIZE = 20
 DEFAULT_MAX_DETECT_SIDE = 1600
 DEFAULT_MAX_PIXELS = 200_000_000
+DEFAULT_PROGRESS_SECONDS = 10.0
 #: A run's lock is stale (its run presumed dead) after this long without a heartbeat.
 DEFAULT_LOCK_STALE_MINUTES = 10.0
 
@@ -106,6 +107,13 @@ class FaceGroupOptions(PipelineOptions):
             help="a lock whose run sent no heartbeat for this many minutes is taken over "
                  f"(default {DEFAULT_LOCK_STALE_MINUTES:g}; a running launcher beats 4 times per period).")
         parser.add_argument(
+            "--quiet", action="store_true",
+            help="print no progress lines while the pipeline runs (the summary at the end still comes).")
+        parser.add_argument(
+            "--progress_seconds", type=float, default=DEFAULT_PROGRESS_SECONDS,
+            help="while the pipeline runs, print a progress line (photos done of listed, photos/s, ETA, "
+                 f"failures) to stderr this often (default {DEFAULT_PROGRESS_SECONDS:g}).")
+        parser.add_argument(
             "--verbose", action="store_true",
             help="print the full traceback of an unexpected error (always written to --output/_logs/).")
         parser.add_argument(
@@ -145,6 +153,8 @@ def validate(options: FaceGroupOptions) -> None:
     for name in ("min_face_size", "max_detect_side", "max_pixels", "max_file_bytes", "batch_size"):
         if getattr(options, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(options, name)}")
+    if not options.progress_seconds > 0:
+        raise ValueError(f"--progress_seconds must be positive, got {options.progress_seconds}")
     if not options.lock_stale_minutes > 0:
         raise ValueError(f"--lock_stale_minutes must be positive, got {options.lock_stale_minutes}")
     if not 0.0 <= options.min_det_score <= 1.0:

@@ -3,7 +3,8 @@
 Every user's outcomes arrive together (GroupByKey on an integer user key), and the
 writer produces ``<output>/<table>/user_id=<encoded id>/part-0.parquet`` for all five
 tables (empty tables included, so a re-run replaces every stale file), with the explicit
-schemas of pipeline.schemas, through ``FileSystems`` (local paths, gs://, ...). Each file
+schemas of pipeline.schemas less user_id (the folder name holds it: pipeline.partitions),
+through ``FileSystems`` (local paths, gs://, ...). Each file
 is written under a unique hidden temporary name in its final folder and then renamed
 over the final name: a retried or duplicated bundle rewrites the same deterministic
 content under the same name, so outputs never hold duplicates, and readers
@@ -41,6 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import schemas
 from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.naming import Naming, people_table
+from pipeline.partitions import file_table
 from pipeline.person_ids import PreviousPeople, stable_person_ids
 from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
@@ -284,7 +286,7 @@ class WriteUserTables(beam.DoFn):
             tables, stats = user_tables(user_id, by_user[user_id], self.settings, self.method,
                                         previous.get(user_id), self.naming)
             for name in TABLES:
-                write_table(table_path(self.output, name, user_id), tables[name])
+                write_table(table_path(self.output, name, user_id), file_table(tables[name]))
             write_text(run_record_path(self.output, self.run_id, f"{user_folder(user_id)}.json"),
                        stats.to_json())
             self._count(stats)

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.partitions import open_table
 from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, faces_schema
 
 PEOPLE_PER_PAGE = 120
@@ -183,7 +184,7 @@ class Tables:
 
     @staticmethod
     def _open(root: Path, schema: pa.Schema) -> ds.Dataset | None:
-        return ds.dataset(root, format="parquet", schema=schema, partitioning="hive") if root.is_dir() else None
+        return open_table(root, schema) if root.is_dir() else None
 
     def user_ids(self) -> list[str]:
         ids: set[str] = set()

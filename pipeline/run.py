@@ -24,11 +24,13 @@ launcher reads those records, removes the folders of users that are no longer in
 input and temporary files of failed attempts, builds the report, and writes
 ``summary.json`` and finally ``_SUCCESS``. Output without ``_SUCCESS`` is incomplete.
 An unexpected failure ends in one line naming the step; its traceback goes to
-``_logs/<run id>.log`` (pipeline.run_log).
+``_logs/<run id>.log`` (pipeline.run_log). While the pipeline runs, a progress line goes
+to stderr every --progress_seconds (pipeline.progress; --quiet: none).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -51,6 +53,7 @@ from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.output_probe import probe_output
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
+from pipeline.progress import CountingModelHandler, ProgressPrinter, ProgressRecorder
 from pipeline.records import PhotoOutcome
 from pipeline.report import build_report
 from pipeline.reuse import ReadPrevious, ReusePlan, plan_reuse, resolve_previous
@@ -75,11 +78,12 @@ def inference_settings(opts: FaceGroupOptions, embedder: EmbedderInfo) -> Infere
 
 
 def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, run_id: str,
-          settings: InferenceSettings, naming: Naming | None = None) -> None:
+          settings: InferenceSettings, naming: Naming | None = None,
+          recorder: ProgressRecorder | None = None) -> None:
     """Add the whole pipeline to `p` (options validated, library listed, reuse planned,
-    known people loaded)."""
-    handler = FaceModelHandler(settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size,
-                               opts.min_det_score)
+    known people loaded); inference reports finished photos to `recorder` when given."""
+    args = (settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size, opts.min_det_score)
+    handler = FaceModelHandler(*args) if recorder is None else CountingModelHandler(recorder, *args)
     outcomes = (p
                 | "PhotoBatches" >> beam.Create(plan.batches(opts.batch_size))
                 | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels,
@@ -317,11 +321,14 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
         FileSystems.delete([success])
+    printer = None if opts.quiet else ProgressPrinter(opts.output, run_id, len(listing.photos),
+                                                      opts.progress_seconds)
     p = beam.Pipeline(options=options)
-    build(p, opts, plan, run_id, settings, naming)
+    build(p, opts, plan, run_id, settings, naming, printer.recorder() if printer else None)
     start = time.perf_counter()
-    result = p.run()
-    state = result.wait_until_finish()
+    with printer or contextlib.nullcontext():  # DirectRunner runs the whole pipeline inside p.run()
+        result = p.run()
+        state = result.wait_until_finish()
     wall = time.perf_counter() - start
     if state != PipelineState.DONE:
         raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")

@@ -25,7 +25,7 @@ from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.inputs import Listing
 from pipeline.outputs import TABLES, WriteUserTables
 from pipeline.records import REUSED, DecodedPhoto, Face, PhotoOutcome, PhotoRef
-from pipeline.reuse import plan_reuse
+from pipeline.reuse import PreviousPart, plan_reuse, previous_results
 from pipeline.run import run
 from pipeline.users import user_folder
 from tests.conftest import lfw_image
@@ -264,6 +264,24 @@ def test_only_complete_results_of_the_same_settings_are_reused(tmp_path):
     table = pq.read_table(faces)
     pq.write_table(table.slice(0, 1).replace_schema_metadata(table.schema.metadata), faces)
     assert _marks(previous, SETTINGS) == {"u/a.jpg": None, "u/b.jpg": "sb", "u/c.jpg": None, "u/new.jpg": None}
+
+
+def test_an_output_that_stores_user_id_in_its_files_is_still_reused(tmp_path):
+    """Outputs written before user_id moved to the folder name only hold it in every file too."""
+    new = _previous(tmp_path / "new")
+    old = _previous(tmp_path / "old")
+    for path in (tmp_path / "old").glob("*/user_id=u/part-0.parquet"):
+        table = pq.read_table(path)
+        assert "user_id" not in table.column_names
+        pq.write_table(table.add_column(0, "user_id", pa.array(["u"] * table.num_rows, pa.string()))
+                       .replace_schema_metadata(table.schema.metadata), path)
+    assert _marks(old, SETTINGS) == _marks(new, SETTINGS) == {
+        "u/a.jpg": "sa", "u/b.jpg": "sb", "u/c.jpg": None, "u/new.jpg": None}
+    was, now = (previous_results(folder, PreviousPart("u", ("sa", "sb"))) for folder in (old, new))
+    assert was.people == now.people
+    assert sorted(was.results) == sorted(now.results) == ["sa", "sb"]
+    assert [f.embedding.tolist() for f in was.results["sa"].faces] == \
+        [f.embedding.tolist() for f in now.results["sa"].faces] and len(now.results["sa"].faces) == 2
 
 
 def test_settings_are_recorded_beside_the_embedder_lineage(tmp_path):

@@ -20,12 +20,15 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from models.mtcnn import Detections, centre_face
 from pipeline import schemas
+from pipeline.partitions import open_table
 from pipeline.run import main, run
 from pipeline.users import user_folder
 from tests.conftest import REPO
@@ -111,8 +114,9 @@ def result(lfw: Path, tmp_path_factory: pytest.TempPathFactory):
     return truth, base / "out", summary
 
 
-def read(out: Path, table: str, user: str):
-    return pq.read_table(out / table / user_folder(user) / "part-0.parquet", partitioning=None)
+def read(out: Path, table: str, user: str) -> pa.Table:
+    """One user's rows of `table`, user_id taken from the Hive folder (as every reader does)."""
+    return open_table(out / table).to_table(filter=ds.field("user_id") == user)
 
 
 def test_schemas_are_the_documented_ones(result):
@@ -120,7 +124,12 @@ def test_schemas_are_the_documented_ones(result):
     for table, schema in TABLE_SCHEMAS.items():
         for user in USERS:
             found = pq.read_schema(out / table / user_folder(user) / "part-0.parquet")
-            assert found.equals(schema, check_metadata=False), f"{table}/{user}:\n{found}"
+            stored = schema.remove(schema.get_field_index("user_id"))  # the folder holds it
+            assert found.equals(stored, check_metadata=False), f"{table}/{user}:\n{found}"
+        read_back = open_table(out / table, schema).to_table()
+        assert read_back.schema.equals(schema, check_metadata=False) and read_back.num_rows > 0, table
+        assert set(read_back.column("user_id").to_pylist()) <= set(USERS), table
+    assert set(open_table(out / "photos").to_table().column("user_id").to_pylist()) == set(USERS)
     assert not list(out.rglob("*.tmp")) and (out / "_SUCCESS").is_file()
 
 

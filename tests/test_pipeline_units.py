@@ -24,6 +24,7 @@ from pipeline import schemas
 from pipeline.decode import DecodeError, decode_photo
 from pipeline.inference import EmbedderInfo, FaceModels, InferenceSettings, process_batch
 from pipeline.outputs import RUNS, TABLES, WriteUserTables, clusters_table, face_embeddings, faces_table
+from pipeline.partitions import file_table, open_table
 from pipeline.records import DecodedPhoto, PhotoOutcome
 from pipeline.run import finalise, run
 from pipeline.users import user_folder, user_id_problem
@@ -47,6 +48,22 @@ def test_user_ids_become_safe_folders_that_read_back(tmp_path):
     path.parent.mkdir(parents=True)
     pq.write_table(pa.table({"n": [1]}), path)
     assert ds.dataset(tmp_path / "t", partitioning="hive").to_table().column("user_id").to_pylist() == [user]
+
+
+def test_files_leave_user_id_to_the_folder_and_old_files_still_read(tmp_path):
+    metadata = {schemas.SETTINGS_KEY: b"{}"}
+    table = pa.table({"user_id": ["007"], "n": [1]}).replace_schema_metadata(metadata)
+    stored = file_table(table)
+    assert stored.column_names == ["n"] and stored.schema.metadata == metadata
+    for user, rows in (("007", stored), ("0.5", table)):  # new layout, old layout (user_id in the file)
+        path = tmp_path / "t" / user_folder(user) / "part-0.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(rows, path)
+    schema = pa.schema([("user_id", pa.string()), ("n", pa.int64())])
+    read = open_table(tmp_path / "t", schema).to_table().sort_by("user_id")
+    assert read.column("user_id").to_pylist() == ["0.5", "007"]  # text, not the numbers a guess makes
+    only = open_table(tmp_path / "t").to_table(filter=ds.field("user_id") == "007")
+    assert only.column("user_id").to_pylist() == ["007"] and only.column("n").to_pylist() == [1]
 
 
 def test_decode_orientation_guard_and_detection_copy(lfw):
@@ -134,7 +151,7 @@ def test_rewriting_a_user_is_idempotent_and_finalise_removes_stale_users(tmp_pat
     assert first == second and {t: f.read_bytes() for t, f in files.items()} == before
     faces = pq.read_table(files["faces"])
     assert faces.column("face_key").to_pylist() == ["s1:0", "s2:0", "s2:1"]
-    assert faces.schema.equals(schemas.faces_schema(4), check_metadata=False)
+    assert faces.schema.equals(file_table(schemas.faces_schema(4).empty_table()).schema, check_metadata=False)
     assert first[0].photos == 4 and first[0].with_faces == 3 and first[0].same_photo_paths == 1
     users = finalise(out, "run1")
     assert [u.user_id for u in users] == ["bob"]

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -44,12 +43,15 @@ from pipeline.inference import embedder_info, launcher_embedder
 from pipeline.inputs import list_photos
 from pipeline.known_people import load_naming
 from pipeline.options import FaceGroupOptions, validate
+from pipeline.partitions import open_table
+from pipeline.progress import ProgressPrinter
 from pipeline.outputs import PART, RUNS, TABLES
 from pipeline.reuse import plan_reuse
 from pipeline.run import SUCCESS, build, inference_settings, run
 from pipeline.users import user_folder
 from tests.conftest import REPO
 from tests.runner_services import Services, start_pipeline
+from tests.test_progress import LINE
 
 USERS = ("ann", "Bo Ødegård")
 PEOPLE_PER_USER, PHOTOS_PER_PERSON, SINGLES_PER_USER = 3, 4, 2
@@ -136,7 +138,7 @@ def run_pipeline(args: list[str], log: Path, services: Services) -> None:
 
 
 def read_table(out: Path, table: str) -> list[dict]:
-    return ds.dataset(out / table, format="parquet", partitioning="hive").to_table().to_pylist()
+    return open_table(out / table).to_table().to_pylist()
 
 
 def people(clusters: list[dict]) -> dict[str, set[frozenset[str]]]:
@@ -207,8 +209,11 @@ def test_same_outputs_on_direct_dask_and_portable_runners(library, reference, cl
 
     dask_out = tmp_path / "dask"
     address = cluster["dask"].ready(2)
-    run_pipeline(["--input", str(library), "--output", str(dask_out), *DASK_FLAGS,
+    run_pipeline(["--input", str(library), "--output", str(dask_out), *DASK_FLAGS, "--progress_seconds", "1",
                   "--dask_client_address", address, *flags(library)], tmp_path / "dask.log", services)
+    lines = [LINE.fullmatch(line) for line in (tmp_path / "dask.log").read_text().splitlines()
+             if line.startswith("progress:")]
+    assert lines and all(m and int(m[1]) <= int(m[2]) == n_photos for m in lines), "no progress lines on Dask"
     with cluster["dask"].client() as client:  # both worker processes ran the models
         loaded = client.run(eval, "'models.mtcnn' in __import__('sys').modules")
     assert sorted(loaded.values()) == [True, True], loaded
@@ -300,7 +305,8 @@ def test_pipeline_graph_names_no_file_of_the_launching_machine(library, tmp_path
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     settings = inference_settings(opts, embedder_info(model))
     build(p, opts, plan_reuse(None, listing, settings), "graphcheck", settings,
-          load_naming(opts.known_people, settings, model))
+          load_naming(opts.known_people, settings, model),
+          ProgressPrinter(opts.output, "graphcheck", len(listing.photos), 10.0).recorder())
     local = (str(REPO), sysconfig.get_paths()["purelib"], str(Path.home()),
              *(str(weights.resolve(name)) for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", "dlib-resnet")))
 
