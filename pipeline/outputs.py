@@ -184,7 +184,9 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
     """clusters/ rows for a user's faces table (sorted by face_key) and its embeddings
     (N,D) (`face_embeddings`), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
-    Names are left null (`with_names` fills them).
+    Faces of one photo are never one person (cannot-link on photo_sha256); since each new
+    cluster takes at most one earlier id, carried-over ids keep that. Names are left null
+    (`with_names` fills them).
 
     Raises ValueError when the faces come from more than one embedder or version:
     distances between their embeddings mean nothing.
@@ -199,7 +201,8 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
                          f"different embedders together ({names}); re-embed them with one --embedder")
     n = faces.num_rows
     if n:
-        result = cluster_faces(embeddings, method)
+        result = cluster_faces(embeddings, method, groups=faces.column("photo_sha256").to_numpy(zero_copy_only=False),
+                               embedder_version=embedders[0][1])
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)
