@@ -91,3 +91,42 @@ def mean_scores(scores: list[Scores]) -> Scores:
     vals["n_true"] = sum(s.n_true for s in scores)
     vals["n_found"] = sum(s.n_found for s in scores)
     return Scores(**vals)
+
+
+@dataclass(frozen=True)
+class JunkScores:
+    """How unrecognisable ("junk") faces fared, and the clean faces without them."""
+
+    clean_bcubed_f: float  # BCubed F over the clean faces only
+    junk: int  # junk faces (found by the detector)
+    junk_joined: int  # junk faces put into a person
+    junk_wrong: int  # junk faces in a person that is mostly someone else (or made of junk only, not theirs)
+    junk_people: int  # people made of junk faces only
+    clean: int
+    clean_gated: int  # clean faces the quality gate kept out of people
+
+
+def junk_scores(true: np.ndarray, pred: np.ndarray, junk: np.ndarray, gated: np.ndarray) -> JunkScores:
+    """JunkScores for true identities (N,), predicted labels (N,) (-1 alone), junk (N,) bool
+    and gated (N,) bool (below the quality gate). A person's identity is the most common
+    one among its clean faces (among all its faces when it has none)."""
+    true, pred, junk, gated = (np.asarray(a) for a in (true, pred, junk, gated))
+    wrong = joined = people = 0
+    for person in np.unique(pred[pred >= 0]):
+        members = pred == person
+        clean = members & ~junk
+        names, counts = np.unique(true[clean if clean.any() else members], return_counts=True)
+        own = names[np.argmax(counts)]
+        people += int(not clean.any())
+        joined += int((members & junk).sum())
+        wrong += int((members & junk & (true != own)).sum())
+    keep = ~junk
+    clean_f = bcubed_prf(true[keep], pred[keep])[2] if keep.any() else 1.0
+    return JunkScores(clean_f, int(junk.sum()), joined, wrong, people, int(keep.sum()), int((gated & keep).sum()))
+
+
+def sum_junk(scores: list[JunkScores]) -> JunkScores:
+    """Counts summed and clean BCubed F averaged over several libraries."""
+    total = {f: sum(getattr(s, f) for s in scores) for f in JunkScores.__dataclass_fields__}
+    total["clean_bcubed_f"] = float(np.mean([s.clean_bcubed_f for s in scores]))
+    return JunkScores(**total)

@@ -5,6 +5,8 @@ n x n distance matrix, so 100,000 faces of one user fit in memory and time; for 
 libraries the graph is complete and the methods are exact.
 Faces left alone are reported as unclustered (person_id -1, cluster_size 1): the report
 shows them as "other faces" instead of thousands of one-photo people.
+Cannot-link: faces of one photo (`groups`) are never one person, since nobody appears
+twice in a photo; look-alike relatives photographed together are the common case.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ class AgglomerativeFaces:
     so every linkage value is exact at O(D) cost; only clusters joined by an edge of the
     `n_neighbors`-nearest-neighbour graph are candidates (all pairs for
     N <= n_neighbors + 1), keeping memory O(N k).
-    fit(x) sets labels_ (N,) int64, -1 for faces left alone.
+    fit(x, groups) sets labels_ (N,) int64, -1 for faces left alone; groups (N,) (photo
+    ids) forbid merging two clusters that hold faces of one group (cannot-link).
     """
 
     def __init__(self, distance_threshold: float = 0.37, size_prior: float = 0.005, n_neighbors: int = 30):
@@ -78,7 +81,7 @@ class AgglomerativeFaces:
         self.size_prior = size_prior
         self.n_neighbors = n_neighbors
 
-    def fit(self, x: np.ndarray) -> "AgglomerativeFaces":
+    def fit(self, x: np.ndarray, groups: np.ndarray | None = None) -> "AgglomerativeFaces":
         n = len(x)
         limit = self.distance_threshold ** 2 - self.size_prior * np.log(n / REFERENCE_FACES)
         dist, idx = knn(x, self.n_neighbors)
@@ -93,6 +96,9 @@ class AgglomerativeFaces:
         size = np.ones(n)
         version = np.zeros(n, dtype=np.int64)
         parent = np.arange(n)
+        # Per cluster: the groups (photos) of its faces that hold other faces too. Sets
+        # only grow on merging, so a forbidden pair stays forbidden and its edge is dropped.
+        shared = _shared_groups(groups, n)
 
         def link(c: int, nb: np.ndarray) -> np.ndarray:
             """Linkage (len(nb),) of cluster c to each nb: mean squared distance less the prior."""
@@ -137,9 +143,17 @@ class AgglomerativeFaces:
                 elif second < limit and (fresh := entry(a)):
                     heapq.heappush(heap, fresh)
                 continue
+            if shared[a] and shared[b] and not shared[a].isdisjoint(shared[b]):
+                adjacency[a].discard(b)  # cannot-link: these two never merge
+                adjacency[b].discard(a)
+                if fresh := entry(a):
+                    heapq.heappush(heap, fresh)
+                continue
             if len(adjacency[a]) < len(adjacency[b]):
                 a, b = b, a  # keep the larger neighbour set: small-to-large merging
             parent[b] = a
+            shared[a] |= shared[b]
+            shared[b] = set()
             total = size[a] + size[b]
             mean[a] = (size[a] * mean[a] + size[b] * mean[b]) / total
             msq[a] = (size[a] * msq[a] + size[b] * msq[b]) / total
@@ -157,8 +171,36 @@ class AgglomerativeFaces:
         self.labels_ = _singletons_to_noise(_roots(parent))
         return self
 
-    def fit_predict(self, x: np.ndarray) -> np.ndarray:
-        return self.fit(x).labels_
+    def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, groups).labels_
+
+
+def _shared_groups(groups: np.ndarray | None, n: int) -> list[set[int]]:
+    """Per face of n, {its group} when another face has the same group, else {} (faces
+    alone in their photo never constrain a merge, so they cost nothing)."""
+    if groups is None:
+        return [set() for _ in range(n)]
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    return [{int(g)} if counts[g] > 1 else set() for g in inverse.tolist()]
+
+
+def split_same_group(x: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """labels (N,) with cannot-link enforced afterwards: in each cluster, of several faces of
+    one group (groups (N,)) only the one nearest the cluster's mean embedding stays; the
+    others become -1. For methods that cannot take the constraint while clustering (HDBSCAN)."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    if groups is None:
+        return labels
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    ids, means, _ = cluster_means(x, labels)
+    valid = np.flatnonzero(labels >= 0)
+    distance = np.linalg.norm(x[valid] - means[np.searchsorted(ids, labels[valid])], axis=1)
+    order = valid[np.lexsort((distance, codes[valid], labels[valid]))]  # nearest first per (cluster, group)
+    first = np.ones(len(order), bool)
+    first[1:] = (labels[order][1:] != labels[order][:-1]) | (codes[order][1:] != codes[order][:-1])
+    labels[order[~first]] = -1
+    return _singletons_to_noise(labels)
 
 
 def _roots(parent: np.ndarray) -> np.ndarray:
@@ -178,7 +220,8 @@ class HDBSCANFaces:
     come from the exact `n_neighbors` graph (complete for small N), passed to hdbscan
     as a sparse precomputed distance matrix; graph components are chained by edges
     longer than any real one so the tree is connected, which hdbscan then splits.
-    fit(x) sets labels_ (N,) int64, -1 for noise.
+    fit(x, groups) sets labels_ (N,) int64, -1 for noise; cannot-link (groups (N,), photo
+    ids) is enforced afterwards (`split_same_group`).
     """
 
     def __init__(self, min_cluster_size: int = 2, min_samples: int = 2,
@@ -188,7 +231,7 @@ class HDBSCANFaces:
         self.cluster_selection_method = cluster_selection_method
         self.n_neighbors = n_neighbors
 
-    def fit(self, x: np.ndarray) -> "HDBSCANFaces":
+    def fit(self, x: np.ndarray, groups: np.ndarray | None = None) -> "HDBSCANFaces":
         import hdbscan
         from scipy.sparse.csgraph import connected_components
 
@@ -209,20 +252,29 @@ class HDBSCANFaces:
         model = hdbscan.HDBSCAN(metric="precomputed", min_cluster_size=self.min_cluster_size,
                                 min_samples=self.min_samples,
                                 cluster_selection_method=self.cluster_selection_method)
-        self.labels_ = _singletons_to_noise(model.fit_predict(graph))
+        self.labels_ = split_same_group(x, _singletons_to_noise(model.fit_predict(graph)), groups)
         return self
 
-    def fit_predict(self, x: np.ndarray) -> np.ndarray:
-        return self.fit(x).labels_
+    def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, groups).labels_
 
 
 ESTIMATORS = {"agglomerative": AgglomerativeFaces, "hdbscan": HDBSCANFaces}
 METHODS = tuple(ESTIMATORS)
 DEFAULT_METHOD = "agglomerative"
-#: Each method's default parameters (its estimator's keyword defaults).
+#: Each method's default parameters (its estimator's keyword defaults), the fallback for
+#: embedder versions without their own entry in PARAMS_BY_EMBEDDER.
 DEFAULT_PARAMS: dict[str, dict] = {
     name: {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
     for name, cls in ESTIMATORS.items()}
+#: embedder version -> method -> parameters chosen for it by bench/cluster_eval.py (each
+#: embedder has its own distance scale); what an entry leaves out comes from DEFAULT_PARAMS.
+PARAMS_BY_EMBEDDER: dict[str, dict[str, dict]] = {}
+
+
+def params_for(method: str, embedder_version: str | None = None) -> dict:
+    """The parameters `method` runs with on embeddings of `embedder_version`."""
+    return {**DEFAULT_PARAMS[method], **PARAMS_BY_EMBEDDER.get(embedder_version or "", {}).get(method, {})}
 
 
 def _singletons_to_noise(labels: np.ndarray) -> np.ndarray:
@@ -263,10 +315,16 @@ def cluster_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
     return ids, means / np.maximum(counts, 1)[:, None], counts
 
 
-def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, **params) -> ClusterResult:
+def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: np.ndarray | None = None,
+                  eligible: np.ndarray | None = None, embedder_version: str | None = None,
+                  **params) -> ClusterResult:
     """Cluster embeddings (N,D) into people with `method` (one of METHODS).
 
-    params override the method's DEFAULT_PARAMS (e.g. distance_threshold=0.5).
+    groups (N,): the photo of each face; two faces of one photo are never one person.
+    eligible (N,) bool: faces that may start or join a person (the quality gate,
+    pipeline.quality); the others stay unclustered and do not count in the library size.
+    Parameters are `params_for(method, embedder_version)`, overridden by params
+    (e.g. distance_threshold=0.5).
     """
     if method not in ESTIMATORS:
         raise ValueError(f"unknown --cluster method {method!r}; choose from {', '.join(METHODS)}")
@@ -278,7 +336,13 @@ def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, **params
         raise ValueError(f"embeddings must have shape (N, D), got {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or infinite values")
-    labels = ESTIMATORS[method](**params).fit_predict(x) if len(x) > 1 else np.full(len(x), -1)
+    keep = np.ones(len(x), bool) if eligible is None else np.asarray(eligible, bool)
+    if keep.shape != (len(x),) or (groups is not None and np.shape(groups) != (len(x),)):
+        raise ValueError(f"groups and eligible must have shape ({len(x)},)")
+    labels = np.full(len(x), -1, dtype=np.int64)
+    if keep.sum() > 1:
+        estimator = ESTIMATORS[method](**{**params_for(method, embedder_version), **params})
+        labels[keep] = estimator.fit_predict(x[keep], None if groups is None else np.asarray(groups)[keep])
     person = canonical_labels(labels)
     valid = person >= 0
     _, centres, sizes = cluster_means(x, person)  # canonical labels are 0..K-1, all used

@@ -19,6 +19,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.decode import encode_jpeg
+from pipeline.quality import QUALITY_VERSION, face_quality
 from pipeline.records import DecodedPhoto, Face, PhotoOutcome, describe_error, failed_outcome
 
 if TYPE_CHECKING:  # models (torch) load lazily, where a run needs them
@@ -40,14 +41,15 @@ class EmbedderInfo:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """Everything a photo's faces depend on besides its bytes: the embedder and the
-    detection options. Recorded in the photos/ and faces/ Parquet metadata, so that an
+    """Everything a photo's faces depend on besides its bytes: the embedder, the
+    detection options and the face quality computation. Recorded in the photos/ and faces/ Parquet metadata, so that an
     incremental run reuses only results it would have computed itself (pipeline.reuse)."""
 
     embedder: EmbedderInfo
     min_face_size: int
     min_det_score: float
     max_detect_side: int
+    quality: str = QUALITY_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -120,7 +122,8 @@ class FaceModelHandler(ModelHandler[DecodedPhoto | PhotoOutcome, PhotoOutcome, F
 
 def process_batch(photos: Sequence[DecodedPhoto], models: FaceModels,
                   min_det_score: float) -> list[PhotoOutcome]:
-    """One outcome per photo, in order: detect all, align each, embed all faces at once."""
+    """One outcome per photo, in order: detect all, align each, embed all faces at once;
+    each face's quality is measured on the full-resolution photo."""
     outcomes: list[PhotoOutcome | None] = [None] * len(photos)
     detections = _detect(models.detector, photos)
     chips: dict[int, tuple[Any, np.ndarray]] = {}
@@ -147,7 +150,9 @@ def process_batch(photos: Sequence[DecodedPhoto], models: FaceModels,
             continue
         thumbnails = models.embedder.thumbnails(photo_chips)
         faces = [Face(det.boxes[k], det.landmarks[k], float(det.scores[k]), found[k],
-                      encode_jpeg(thumbnails[k], THUMBNAIL_QUALITY)) for k in range(len(det.scores))]
+                      encode_jpeg(thumbnails[k], THUMBNAIL_QUALITY),
+                      *face_quality(photo.image, det.boxes[k], det.landmarks[k], float(det.scores[k])))
+                 for k in range(len(det.scores))]
         outcomes[i] = PhotoOutcome(photo.user_id, photo.photo_path, "faces", photo.sha256,
                                    photo.width, photo.height, photo.preview, faces)
     _count(outcomes)

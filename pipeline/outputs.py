@@ -44,6 +44,7 @@ from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.naming import Naming, people_table
 from pipeline.partitions import file_table
 from pipeline.person_ids import PreviousPeople, stable_person_ids
+from pipeline.quality import GATE
 from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
 
@@ -168,6 +169,8 @@ def faces_table(user_id: str, outcomes: Sequence[PhotoOutcome], embedder: Embedd
         _fixed_list(np.array([f.box for f in faces]).reshape(n, 4), 4),
         _fixed_list(np.array([f.landmarks for f in faces]).reshape(n, 10), 10),
         pa.array([f.det_score for f in faces], pa.float32()),
+        pa.array([f.quality for f in faces], pa.float32()),
+        pa.array([f.quality_reason for f in faces], pa.string()),
         pa.array([embedder.name] * n, pa.string()),
         pa.array([embedder.version] * n, pa.string()),
         _fixed_list(np.array([f.embedding for f in faces]).reshape(n, dim), dim),
@@ -186,7 +189,10 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
     """clusters/ rows for a user's faces table (sorted by face_key) and its embeddings
     (N,D) (`face_embeddings`), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
-    Names are left null (`with_names` fills them).
+    Faces below the quality gate stay unclustered (pipeline.quality).
+    Faces of one photo are never one person (cannot-link on photo_sha256); since each new
+    cluster takes at most one earlier id, carried-over ids keep that. Names are left null
+    (`with_names` fills them).
 
     Raises ValueError when the faces come from more than one embedder or version:
     distances between their embeddings mean nothing.
@@ -201,7 +207,8 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
                          f"different embedders together ({names}); re-embed them with one --embedder")
     n = faces.num_rows
     if n:
-        result = cluster_faces(embeddings, method)
+        result = cluster_faces(embeddings, method, groups=faces.column("photo_sha256").to_numpy(zero_copy_only=False),
+                               eligible=faces.column("quality").to_numpy() >= GATE, embedder_version=embedders[0][1])
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)

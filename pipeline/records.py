@@ -96,7 +96,8 @@ class Face:
     """One detected, aligned and embedded face, in full-resolution displayed pixels.
 
     box: (4,) float32 x1,y1,x2,y2; landmarks: (5,2) float32; embedding: (D,) float32 unit
-    norm; thumbnail: JPEG of the aligned chip.
+    norm; thumbnail: JPEG of the aligned chip; quality in [0,1] and, below the gate, the
+    reason (pipeline.quality): low-quality faces never start or join a person.
     """
 
     box: np.ndarray
@@ -104,6 +105,8 @@ class Face:
     det_score: float
     embedding: np.ndarray
     thumbnail: bytes
+    quality: float = 1.0
+    quality_reason: str | None = None
 
 
 @dataclass

@@ -50,7 +50,8 @@ LABEL_EM = 0.66  # average width of a bold sans-serif character, in font sizes (
 # Only the columns the report reads; embeddings and other heavy columns are never loaded.
 _FACES = faces_schema(1)
 FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
-                          ("user_id", "photo_path", "photo_sha256", "face_index", "face_key", "box", "thumbnail")])
+                          ("user_id", "photo_path", "photo_sha256", "face_index", "face_key", "box", "thumbnail",
+                           "quality_reason")])
 # A known person's name may come as the `name` column of clusters/ or in a people/ table (one row
 # per person): both are read when present and tolerated when absent (outputs written before names
 # existed read the column as null).
@@ -119,6 +120,7 @@ class Face:
     person: int = -1
     distance: float = 0.0
     thumb: str | None = None  # file under faces/, None when the thumbnail is missing
+    low_quality: str | None = None  # why the face is below the quality gate (never in a person)
 
 
 @dataclass
@@ -231,9 +233,11 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
         statuses[row["status"]] = statuses.get(row["status"], 0) + 1
 
     faces: dict[str, Face] = {}
-    for row in tables.rows(tables.faces, user_id, ["photo_path", "photo_sha256", "face_index", "face_key", "box"]):
+    for row in tables.rows(tables.faces, user_id,
+                           ["photo_path", "photo_sha256", "face_index", "face_key", "box", "quality_reason"]):
         faces.setdefault(row["face_key"], Face(row["face_key"], row["photo_sha256"], row["photo_path"],
-                                               row["face_index"], tuple(row["box"])))
+                                               row["face_index"], tuple(row["box"]),
+                                               low_quality=row["quality_reason"]))
     names: dict[int, set[str]] = {}
     for row in tables.rows(tables.clusters, user_id, ["face_key", "person_id", "distance_to_centre", "name"]):
         face = faces.get(row["face_key"])
@@ -267,7 +271,8 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
     members: dict[int, list[Face]] = {}
     for face in faces.values():
         members.setdefault(face.person, []).append(face)
-    unclustered = sorted(members.pop(-1, []), key=lambda f: (f.path, f.index, f.key))
+    # faces alone first, low-quality faces (never grouped) after them, apart
+    unclustered = sorted(members.pop(-1, []), key=lambda f: (f.low_quality is not None, f.path, f.index, f.key))
     people = [Person(pid, min(names[pid]) if pid in names else None,
                      sorted(fs, key=lambda f: (f.distance, f.key))) for pid, fs in members.items() if pid >= 0]
     people.sort(key=lambda p: (-len(p.faces), p.pid))
@@ -366,9 +371,10 @@ def person_card(person: Person, first: bool) -> Html:
 def face_tile(face: Face) -> Html:
     """A face linking to its photo page, where its box is highlighted (`#f<index>` target)."""
     name = face.path.replace("\\", "/").rsplit("/", 1)[-1]
-    return el("li", {"class": "face"}, el(
+    return el("li", {"class": "face low-quality" if face.low_quality else "face"}, el(
         "a", {"href": href(f"photo-{digest(face.photo)}.html", f"f{face.index}"), "title": face.path},
-        thumb(face, None, face.path, 124), el("span", {"class": "cap"}, name)))
+        thumb(face, None, face.path, 124), el("span", {"class": "cap"}, name),
+        el("span", {"class": "cap reason"}, f"low quality: {face.low_quality}") if face.low_quality else None))
 
 
 def failure_table(failures: list[tuple[str, str, str]]) -> Html:
@@ -420,7 +426,9 @@ def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_pag
                ("Faces", f"{n_faces:,}"), ("People", f"{n_people:,}"),
                ("Grouped", f"{100 * (n_faces - n_unclustered) / n_faces:.0f}%" if n_faces else "–"),
                ("Largest", f"{len(user.people[0].faces):,}" if user.people else "–")]
-    unclustered = [el("h2", {"id": "unclustered"}, f"Faces not grouped ({n_unclustered:,})"),
+    n_low = sum(f.low_quality is not None for f in user.unclustered)
+    unclustered = [el("h2", {"id": "unclustered"}, f"Faces not grouped ({n_unclustered:,}"
+                      + (f", {n_low:,} of them too poor to recognise, shown last)" if n_low else ")")),
                    faces_grid(user.unclustered[:USER_PAGE_FACES]) if user.unclustered
                    else el("p", {"class": "muted"}, "Every face belongs to a person."),
                    el("a", {"class": "more", "href": "unclustered.html"},

@@ -9,8 +9,9 @@ A photo's previous result is reused when the file listed at the same user and pa
 still hashes to the SHA-256 recorded there, its status was "faces" or "no_face"
 (failures are always tried again), its faces/ rows are complete (face indexes
 0..n_faces-1, embedded by this run's embedder name and version) and both tables were
-written with this run's InferenceSettings (embedder and detection options, in the
-Parquet metadata). A renamed or moved photo is processed again; its face keys come from
+written with this run's InferenceSettings (embedder, detection options and face quality
+version, in the Parquet metadata; outputs of a version without face quality therefore
+are computed again). A renamed or moved photo is processed again; its face keys come from
 its content, so its faces keep their person ids (pipeline.person_ids). Photos no
 longer listed are simply not written again: they disappear from the outputs.
 
@@ -179,11 +180,13 @@ def previous_results(previous: str, part: PreviousPart) -> PreviousResults:
     wanted = set(part.sha256s)
     faces: dict[str, list[Face]] = defaultdict(list)
     face_rows = _rows(read_parquet(table_path(previous, "faces", part.user_id), [
-        "photo_sha256", "face_index", "box", "landmarks", "det_score", "embedding", "thumbnail"]), wanted)
+        "photo_sha256", "face_index", "box", "landmarks", "det_score", "embedding", "thumbnail",
+        "quality", "quality_reason"]), wanted)
     for row in sorted(face_rows, key=lambda r: (r["photo_sha256"], r["face_index"])):
         faces[row["photo_sha256"]].append(Face(
             np.asarray(row["box"], np.float32), np.asarray(row["landmarks"], np.float32).reshape(5, 2),
-            float(row["det_score"]), np.asarray(row["embedding"], np.float32), row["thumbnail"]))
+            float(row["det_score"]), np.asarray(row["embedding"], np.float32), row["thumbnail"],
+            float(row["quality"]), row["quality_reason"]))
     results: dict[str, PhotoOutcome] = {}
     photo_rows = _rows(read_parquet(table_path(previous, "photos", part.user_id), [
         "photo_sha256", "status", "width", "height", "preview"]), wanted)

@@ -164,3 +164,54 @@ def test_knn_graph_matches_complete_graph_on_real_faces(lfw_library):
     exact = AgglomerativeFaces(n_neighbors=len(x)).fit_predict(x)
     sparse = AgglomerativeFaces(n_neighbors=10).fit_predict(x)
     assert adjusted_rand_score(singletons_apart(exact), singletons_apart(sparse)) >= 0.98
+
+
+# ---------------------------------------------------------------- cannot-link within a photo
+
+
+def _same_person_pairs(names: np.ndarray) -> np.ndarray:
+    """groups (N,) putting the first two faces of each identity into one "photo" (as the
+    same person twice, or look-alike twins, in one picture); every other face alone."""
+    groups = np.arange(len(names))
+    for name in np.unique(names):
+        idx = np.flatnonzero(names == name)
+        groups[idx[1:2]] = idx[0]
+    return groups
+
+
+def _pairs(groups: np.ndarray) -> list[tuple[int, int]]:
+    """(i, j) for each two faces i < j of one group, when each group holds at most two."""
+    return [(int(g), int(i)) for i, g in enumerate(groups) if g != i]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_faces_of_one_photo_are_never_one_person(lfw_library, method):
+    x, names = lfw_library
+    groups = _same_person_pairs(names)
+    pairs = _pairs(groups)
+    free = cluster_faces(x, method).person_id
+    # without the constraint every such pair ends in one person: the test can fail
+    assert len(pairs) >= 6 and all(free[i] >= 0 and free[i] == free[j] for i, j in pairs)
+    linked = cluster_faces(x, method, groups=groups).person_id
+    for i, j in pairs:
+        assert linked[i] < 0 or linked[i] != linked[j], (i, j)
+    # nothing wrong is merged, and a person shown twice in one photo (mirror, a photo of a
+    # photo) splits into at most two people: the price of a hard constraint
+    assert score(names, linked).bcubed_p >= score(names, free).bcubed_p
+    for name in np.unique(names):
+        assert len(set(linked[names == name].tolist()) - {-1}) <= 2, name
+
+
+def test_cannot_link_with_distinct_photos_changes_nothing(lfw_library):
+    x, _ = lfw_library
+    alone = AgglomerativeFaces().fit_predict(x)
+    assert np.array_equal(AgglomerativeFaces().fit_predict(x, np.arange(len(x)) * 7), alone)
+
+
+def test_ineligible_faces_never_start_or_join_a_person(lfw_library):
+    x, names = lfw_library
+    eligible = np.ones(len(x), bool)
+    eligible[::3] = False
+    r = cluster_faces(x, groups=None, eligible=eligible)
+    assert (r.person_id[~eligible] == -1).all() and (r.cluster_size[~eligible] == 1).all()
+    assert score(names[eligible], r.person_id[eligible]).bcubed_f >= MIN_BCUBED_F[DEFAULT_METHOD]
