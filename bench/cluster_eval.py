@@ -53,7 +53,8 @@ JUNK_SHARE = 0.3
 #: pins50dev folds for cross-validation over identities.
 PINS_FOLDS = 2
 
-#: Parameter grids searched on dev identities, per method.
+#: Parameter grids searched on dev identities, per method, in dlib-resnet's distances;
+#: for another embedder the agglomerative grid is scaled (grid_for).
 GRIDS: dict[str, list[dict]] = {
     "agglomerative": [{"distance_threshold": float(t), "size_prior": b}
                       for b in (0.0, 0.005, 0.01, 0.02) for t in np.round(np.arange(0.30, 0.505, 0.01), 2)],
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for m in methods:
         default = params_for(m, _embedder_version(args.embedder))
-        grid = [default] if args.no_select else [{**default, **g} for g in GRIDS.get(m, [{}])]
+        grid = [default] if args.no_select else [{**default, **g} for g in grid_for(m, args.embedder, args.lfw)]
         results: dict[str, list[Result]] = {s: [] for s in dev_suites}
         t0 = time.time()
         for g in grid:
@@ -321,6 +322,35 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.time()
             r = evaluate(m, final, prepare(libs, args.embedder, v, root), gate)
             print(f"{s:<16} {m:<13} {describe(final):<40} {fmt(r)}  ({time.time() - t0:.1f} s)")
+
+
+#: dlib-resnet's verification threshold on View-1 DevTrain: the distance unit of GRIDS.
+DLIB_UNIT = 0.4203
+
+
+def distance_unit(embedder: str, lfw: Path = LFW) -> float:
+    """The embedder's verification threshold on View-1 DevTrain pairs (best accuracy):
+    its own scale of "same person", measured without any test identity."""
+    from bench.lfw_embed import read_pairs
+    from bench.lfw_verify import best_threshold, pair_distances
+
+    pairs, _ = read_pairs(lfw / "pairsDevTrain.txt", lfw)
+    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
+    emb, _ = embed_images(paths, embedder)
+    return best_threshold(pair_distances(pairs, dict(zip(paths, emb))), np.array([s for *_, s in pairs]))
+
+
+def grid_for(method: str, embedder: str, lfw: Path = LFW) -> list[dict]:
+    """GRIDS[method]; for agglomerative clustering with another embedder than dlib-resnet,
+    thresholds scaled by its distance unit over dlib's and size priors (squared distances)
+    by the square of that ratio, so the same range of decisions is searched."""
+    grid = GRIDS.get(method, [{}])
+    if method != "agglomerative" or embedder == "dlib-resnet":
+        return grid
+    ratio = distance_unit(embedder, lfw) / DLIB_UNIT
+    print(f"{embedder}: distance unit {ratio * DLIB_UNIT:.4f} = {ratio:.3f} x dlib-resnet's; grid scaled")
+    return [{"distance_threshold": round(g["distance_threshold"] * ratio, 3),
+             "size_prior": round(g["size_prior"] * ratio ** 2, 4)} for g in grid]
 
 
 def pins_folds(root: Path, seed: int = 0) -> list[set[str]]:

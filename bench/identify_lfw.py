@@ -35,14 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cluster_eval import Library, lfw_identities, pair_names, user_libraries  # noqa: E402
 from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
 from bench.lfw_verify import best_threshold, pair_distances  # noqa: E402
-from models.embedders import get_embedder  # noqa: E402
+from models.embedders import FaceEmbedder, get_embedder  # noqa: E402
 from pipeline.cluster import cluster_faces  # noqa: E402
 from pipeline.cluster import cluster_means  # noqa: E402
 from pipeline.naming import name_distances  # noqa: E402
 
 #: Naming may give a wrong name to at most this fraction of the dev clusters.
 MAX_WRONG_NAME_RATE = 0.005
-NAME_THRESHOLDS = np.round(np.arange(0.20, 0.801, 0.01), 2)
+NAME_THRESHOLDS = np.round(np.arange(0.20, 1.301, 0.01), 2)  # FaceNet distances run to ~1.3
 MARGINS = np.round(np.arange(0.0, 0.201, 0.01), 2)
 #: Known people per library who are not in it (distractors).
 ABSENT_KNOWN = 5
@@ -106,15 +106,16 @@ class ClusterMatches:
     true_known: np.ndarray
 
 
-def cluster_matches(scenarios: list[Scenario], embedder: str) -> ClusterMatches:
-    """Cluster each scenario's library and measure its clusters against its known people."""
+def cluster_matches(scenarios: list[Scenario], embedder: FaceEmbedder) -> ClusterMatches:
+    """Cluster each scenario's library (with the embedder version's clustering parameters)
+    and measure its clusters against its known people."""
     paths = sorted({p for s in scenarios for p in [*s.library.paths, *(q for r in s.known.values() for q in r)]})
     emb, _ = embed_images(paths, embedder, progress=len(paths) > 500)
     index = {p: i for i, p in enumerate(paths)}
     best, second, best_is_true, true_known = [], [], [], []
     for s in scenarios:
         x = emb[[index[p] for p in s.library.paths]]
-        person = cluster_faces(x).person_id
+        person = cluster_faces(x, embedder_version=embedder.version).person_id
         ids, centroids, _ = cluster_means(x, person)
         refs = [(name, index[p]) for name, ps in s.known.items() for p in ps]
         names, dist = name_distances(centroids, emb[[i for _, i in refs]], np.array([n for n, _ in refs]))
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="libraries per identity set (naming); 300 gives ~3,300 clusters per set")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    version = get_embedder(args.embedder).version
+    embedder = get_embedder(args.embedder)
+    version = embedder.version
 
     # Verification threshold: View-1 DevTrain; checked on DevTest and View-2.
     dev_train, _ = read_pairs(args.lfw / "pairsDevTrain.txt", args.lfw)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     view2, _ = read_pairs(args.lfw / "pairs.txt", args.lfw)
     sample = verify_sample(args.lfw)
     paths = sorted({p for a, b, _ in dev_train + dev_test + view2 for p in (a, b)})
-    emb, detected = embed_images(paths, args.embedder, progress=True)
+    emb, detected = embed_images(paths, embedder, progress=True)
     lookup = dict(zip(paths, emb))
     print(f"{args.embedder} {version}: {len(paths)} pair images, {int((~detected).sum())} without a detected face")
 
@@ -186,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     identities = lfw_identities(args.lfw)
     dev_pool = pair_names(args.lfw / "pairsDevTrain.txt") & set(identities)
     test_pool = (pair_names(args.lfw / "pairs.txt") & set(identities)) - dev_pool
-    dev = cluster_matches(naming_scenarios(identities, dev_pool, args.users, args.seed + 1000, "dev"), args.embedder)
-    test = cluster_matches(naming_scenarios(identities, test_pool, args.users, args.seed, "user"), args.embedder)
+    dev = cluster_matches(naming_scenarios(identities, dev_pool, args.users, args.seed + 1000, "dev"), embedder)
+    test = cluster_matches(naming_scenarios(identities, test_pool, args.users, args.seed, "user"), embedder)
     threshold, margin = choose_naming(dev)
     for label, m in (("View-1 DevTrain identities", dev), ("View-2 identities not in DevTrain", test)):
         wrong, miss, correct = naming_rates(m, threshold, margin)
