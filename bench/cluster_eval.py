@@ -25,7 +25,7 @@ person, and people made of junk only; for every suite, clean faces the gate kept
 
     python bench/cluster_eval.py --methods agglomerative         # choose, cross-validate, report
     python bench/cluster_eval.py --methods agglomerative --no-select   # pipeline defaults only
-    python bench/cluster_eval.py --embedder facenet-vggface2          # another embedder's table row
+    python bench/cluster_eval.py --embedder facenet                   # choose another embedder's parameters
 """
 from __future__ import annotations
 
@@ -228,10 +228,14 @@ def describe(params: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "n_neighbors") or "-"
 
 
-def choose(method: str, grid: list[dict], results: dict[str, list[Result]], suites: list[str]) -> dict:
+def mean_objective(results: dict[str, list[Result]], suites: list[str], g: int) -> float:
+    """Mean objective over `suites` of grid entry g."""
+    return float(np.mean([objective(results[s][g]) for s in suites]))
+
+
+def choose(grid: list[dict], results: dict[str, list[Result]], suites: list[str]) -> dict:
     """The grid entry with the best mean objective over `suites` (results per grid entry)."""
-    means = [np.mean([objective(results[s][g]) for s in suites]) for g in range(len(grid))]
-    return grid[int(np.argmax(means))]
+    return grid[int(np.argmax([mean_objective(results, suites, g) for g in range(len(grid))]))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,12 +311,14 @@ def main(argv: list[str] | None = None) -> None:
         print(HEADER)
         for k in range(PINS_FOLDS):
             mine = [s for s in pins_dev if s.startswith(f"pins{k}-")]
-            chosen = choose(m, grid, results, lfw_dev + [s for s in pins_dev if s not in mine])
+            chosen = choose(grid, results, lfw_dev + [s for s in pins_dev if s not in mine])
             for s in mine:
                 print(f"{s:<16} {m:<13} {describe(chosen):<40} {fmt(results[s][grid.index(chosen)])}")
-        final = choose(m, grid, results, list(dev_suites))
-        print(f"chosen on all dev suites: {describe(final)}"
-              + ("" if final == default else f" (pipeline default: {describe(default)})"))
+        final = choose(grid, results, list(dev_suites))
+        print(f"chosen on all dev suites: {describe(final)}, objective "
+              f"{mean_objective(results, list(dev_suites), grid.index(final)):.4f}"
+              + ("" if final == default else f" (pipeline default {describe(default)}: "
+                 f"{mean_objective(results, list(dev_suites), grid.index(default)):.4f})"))
         print("dev suites with it (not held out):")
         for s in dev_suites:
             print(f"{s:<16} {m:<13} {describe(final):<40} {fmt(results[s][grid.index(final)])}")
