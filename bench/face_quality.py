@@ -56,7 +56,7 @@ def qualities(paths: list[Path], progress: bool = False) -> tuple[np.ndarray, np
     reason = np.full(len(paths), "", dtype=object)
     for i, (path, f) in enumerate(zip(paths, found)):
         if detected[i]:
-            m = face_measures(np.asarray(Image.open(path).convert("RGB")), f["box"], f["landmarks"], float(f["score"]))
+            m = face_measures(np.asarray(Image.open(path).convert("RGB")), f["landmarks"], float(f["score"]))
             measures[i] = [m[k] for k in BOUNDS]
             quality[i], why = quality_of(m)
             reason[i] = why or ""

@@ -151,7 +151,7 @@ def process_batch(photos: Sequence[DecodedPhoto], models: FaceModels,
         thumbnails = models.embedder.thumbnails(photo_chips)
         faces = [Face(det.boxes[k], det.landmarks[k], float(det.scores[k]), found[k],
                       encode_jpeg(thumbnails[k], THUMBNAIL_QUALITY),
-                      *face_quality(photo.image, det.boxes[k], det.landmarks[k], float(det.scores[k])))
+                      *face_quality(photo.image, det.landmarks[k], float(det.scores[k])))
                  for k in range(len(det.scores))]
         outcomes[i] = PhotoOutcome(photo.user_id, photo.photo_path, "faces", photo.sha256,
                                    photo.width, photo.height, photo.preview, faces)

@@ -189,7 +189,8 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
     """clusters/ rows for a user's faces table (sorted by face_key) and its embeddings
     (N,D) (`face_embeddings`), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
-    Faces below the quality gate stay unclustered (pipeline.quality).
+    Faces below the quality gate stay unclustered (pipeline.quality; a null quality, from a
+    table written before it existed, passes).
     Faces of one photo are never one person (cannot-link on photo_sha256); since each new
     cluster takes at most one earlier id, carried-over ids keep that. Names are left null
     (`with_names` fills them).
@@ -208,7 +209,8 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
     n = faces.num_rows
     if n:
         result = cluster_faces(embeddings, method, groups=faces.column("photo_sha256").to_numpy(zero_copy_only=False),
-                               eligible=faces.column("quality").to_numpy() >= GATE, embedder_version=embedders[0][1])
+                               eligible=np.nan_to_num(faces.column("quality").to_numpy(), nan=1.0) >= GATE,
+                               embedder_version=embedders[0][1])
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)

@@ -82,13 +82,12 @@ QUALITY_VERSION = "q1-" + hashlib.sha256(repr((CELLS, SQUARE, INNER, GATE, [(k, 
                                          .encode()).hexdigest()[:8]
 
 
-def face_measures(image: np.ndarray, box: np.ndarray, landmarks: np.ndarray, det_score: float) -> dict[str, float]:
+def face_measures(image: np.ndarray, landmarks: np.ndarray, det_score: float) -> dict[str, float]:
     """Raw measures (BOUNDS' keys) of one face.
 
-    image: (H,W,3) uint8 RGB (the full-resolution photo); box: (4,) x1,y1,x2,y2 and
-    landmarks (5,2) (eyes, nose, mouth corners) in its pixels.
+    image: (H,W,3) uint8 RGB (the full-resolution photo); landmarks (5,2) (eyes, nose,
+    mouth corners) in its pixels: they place the face more tightly than MTCNN's box.
     """
-    del box  # the landmarks place the face more tightly than MTCNN's box
     lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     eyes, nose, mouth = (lm[0] + lm[1]) / 2, lm[2], (lm[3] + lm[4]) / 2
     eye_axis = lm[1] - lm[0]
@@ -120,10 +119,9 @@ def quality_of(measures: dict[str, float]) -> tuple[float, str | None]:
     return per[reason], (reason if per[reason] < GATE else None)
 
 
-def face_quality(image: np.ndarray, box: np.ndarray, landmarks: np.ndarray,
-                 det_score: float) -> tuple[float, str | None]:
+def face_quality(image: np.ndarray, landmarks: np.ndarray, det_score: float) -> tuple[float, str | None]:
     """(quality, reason or None) of one face; arguments as `face_measures`."""
-    return quality_of(face_measures(image, box, landmarks, det_score))
+    return quality_of(face_measures(image, landmarks, det_score))
 
 
 def _grey_cells(image: np.ndarray, corner: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:

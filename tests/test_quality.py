@@ -64,10 +64,10 @@ def test_measures_of_a_face_cut_by_the_frame():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
     landmarks = np.float32([[80, 90], [120, 90], [100, 110], [85, 130], [115, 130]])
-    inside = face_measures(image, np.zeros(4), landmarks, 0.99)
+    inside = face_measures(image, landmarks, 0.99)
     assert inside["cut"] == 0.0 and inside["small"] == pytest.approx(40.0)
     assert inside["profile"] == pytest.approx(0.0) and inside["low_score"] == pytest.approx(0.99)
-    cut = face_measures(image, np.zeros(4), landmarks - np.float32([100, 0]), 0.99)
+    cut = face_measures(image, landmarks - np.float32([100, 0]), 0.99)
     assert cut["cut"] == pytest.approx(0.5, abs=0.05)
     q, why = quality_of(cut)
     assert q < GATE and why == "cut"

@@ -64,6 +64,8 @@ LIBRARY = {
 NAMES = {"George_W_Bush": "George W. Bush", "Colin_Powell": "Colin Powell", "Donald_Rumsfeld": XSS_FLAG}
 KNOWN = [("Ariel_Sharon", 4, "Ариэль Шарон"), ("Hugo_Chavez", 2, "Hugo Chávez")]
 NAME_THRESHOLD, NAME_MARGIN = 0.6, 0.1
+# alice's faces of this identity (one photo, unclustered) are marked below the quality gate.
+LOW_QUALITY = "Abba_Eban"
 
 
 def _write(out: Path, table: str, schema: pa.Schema, rows: list[dict]) -> None:
@@ -133,7 +135,8 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                         box=[det.left(), det.top(), det.right(), det.bottom()],
                         landmarks=[c for p in shape.parts() for c in (p.x, p.y)], det_score=1.0,
                         embedder="dlib-resnet", embedder_version="v1", embedding=embeddings[-1].tolist(),
-                        thumbnail=_jpeg(chip)))
+                        thumbnail=_jpeg(chip), quality=0.1 if name == LOW_QUALITY else 1.0,
+                        quality_reason="blurred" if name == LOW_QUALITY else None))
         # The lower part of a real photo (shoulders, no face): the detector decides its status.
         torso = np.ascontiguousarray(np.asarray(Image.open(lfw_image(lfw, "Tony_Blair", 5)).convert("RGB"))[170:])
         found = len(detector(torso, 1))
@@ -394,6 +397,11 @@ def test_browse_people_in_chromium(browser, library: Path, report: Path) -> None
     bars = [int(t.text or 0) for t in driver.find_elements(By.CSS_SELECTOR, ".chart svg text.n")]
     assert len(bars) >= 3 and sum(bars) == expected["alice"]["people"]
     assert len(driver.find_elements(By.CSS_SELECTOR, "#unclustered + ul li.face")) == expected["alice"]["unclustered"]
+    # faces too poor to recognise come last among the faces not grouped, with their reason
+    tiles = driver.find_elements(By.CSS_SELECTOR, "#unclustered + ul li.face")
+    low = [t for t in tiles if "low-quality" in t.get_attribute("class")]
+    assert low and tiles[-len(low):] == low and all("low quality: blurred" in t.text for t in low)
+    assert "too poor to recognise" in driver.find_element(By.ID, "unclustered").text
     assert "cannot identify image file" in driver.find_element(By.CSS_SELECTOR, "table.failures").text
     _settle(driver, "02-user-alice")
 
