@@ -71,7 +71,7 @@ class NpzCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(self.entries)
         fields = self.entries[keys[0]].keys()
-        tmp = self.path.with_suffix(".tmp.npz")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp.npz")  # benches may run side by side
         np.savez(tmp, keys=np.array(keys), **{f: np.stack([self.entries[k][f] for k in keys]) for f in fields})
         tmp.replace(self.path)
 
@@ -82,14 +82,16 @@ def _safe(name: str) -> str:
 
 def _saved_batches(todo: list, batch_size: int, cache: NpzCache, verb: str | None) -> Iterator[list]:
     """Yield `todo` in batches; the caller fills `cache`, saved every 20 batches and at the
-    end (long runs survive interruption); progress on stderr as `verb n/total` when given."""
+    end when anything was added (long runs survive interruption); progress on stderr as
+    `verb n/total` when given."""
     for start in range(0, len(todo), batch_size):
         yield todo[start:start + batch_size]
         if verb:
             print(f"\r{verb} {min(start + batch_size, len(todo))}/{len(todo)}", end="", file=sys.stderr)
         if (start // batch_size) % 20 == 19:
             cache.save()
-    cache.save()
+    if todo:  # nothing new: leave the file alone
+        cache.save()
     if verb and todo:
         print(file=sys.stderr)
 

@@ -269,7 +269,17 @@ DEFAULT_PARAMS: dict[str, dict] = {
     for name, cls in ESTIMATORS.items()}
 #: embedder version -> method -> parameters chosen for it by bench/cluster_eval.py (each
 #: embedder has its own distance scale); what an entry leaves out comes from DEFAULT_PARAMS.
-PARAMS_BY_EMBEDDER: dict[str, dict[str, dict]] = {}
+PARAMS_BY_EMBEDDER: dict[str, dict[str, dict]] = {
+    # python bench/cluster_eval.py --embedder NAME --methods agglomerative (grid scaled by
+    # the embedder's View-1 DevTrain verification threshold; bench/RESULTS.md, issue 18)
+    "20170512-110547-6acdd8fb3a3f/box160pm32+prewhiten+flip":
+        {"agglomerative": {"distance_threshold": 1.001, "size_prior": 0.0627}},
+    "20180408-102900-704afe26766c/box160pm32":
+        {"agglomerative": {"distance_threshold": 1.024, "size_prior": 0.0726}},
+    "ensemble(dlib-resnet:dlib-v1-55533b28a958/lm150-v2+flip/u0.4203,"
+    "facenet-msceleb:20170512-110547-6acdd8fb3a3f/box160pm32+prewhiten+flip/u1.0522)":
+        {"agglomerative": {"distance_threshold": 0.521, "size_prior": 0.0085}},
+}
 
 
 def params_for(method: str, embedder_version: str | None = None) -> dict:

@@ -60,7 +60,10 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 PIPELINE_FLAGS = ["--batch_size", "8"]
 DASK_FLAGS = ["--runner", DASK_RUNNER, "--dask_npartitions", "4"]
 RUN_TIMEOUT_S = 900
-KILL_AFTER_S = 3.0  # a worker is killed this long after a DoFn bundle is seen on it
+#: A worker is killed this long after a DoFn bundle is first seen on it: soon enough that the
+#: run is still going when workers already hold the models from an earlier test (the whole
+#: Dask run then takes about a second), late enough that a bundle is being processed.
+KILL_AFTER_S = 0.3
 
 
 def small_library(lfw: Path, root: Path, known: Path, seed: int = 3) -> int:
@@ -264,7 +267,7 @@ def test_killing_a_dask_worker_mid_run_still_completes_the_outputs(library, refe
                         if time.monotonic() - seen_at >= KILL_AFTER_S:
                             victim = names[addr]
                             break
-                time.sleep(0.1)
+                time.sleep(0.05)
             assert victim is not None, f"no DoFn bundle seen on a worker:\n{log.read_text()[-3000:]}"
             worker = dask.workers[victim].process
             os.kill(worker.pid, signal.SIGKILL)
