@@ -36,13 +36,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fit_dlib_template import dlib_chip_transform, dlib_models_dir  # noqa: E402
-from bench.lfw_embed import CACHE, LFW, detect_centre_faces, read_pairs  # noqa: E402
-from bench.lfw_verify import best_threshold, fold_accuracies, pair_distances  # noqa: E402
+from bench.lfw_embed import CACHE, detect_centre_faces  # noqa: E402
+from bench.lfw_verify import View1  # noqa: E402
 from models.align import box_transform, similarity_transform, warp_faces  # noqa: E402
 from models.embedders import DLIB_TEMPLATE, Embedder, get_embedder  # noqa: E402
 
@@ -156,14 +155,9 @@ def embed_chips(model: Embedder, images: list[np.ndarray], transforms: np.ndarra
 
 
 def main() -> None:
-    train, _ = read_pairs(LFW / "pairsDevTrain.txt")
-    test, _ = read_pairs(LFW / "pairsDevTest.txt")
-    pairs = train + test
-    same = np.array([s for *_, s in pairs])
-    is_test = np.array([0] * len(train) + [1] * len(test))
-    folds = np.arange(len(pairs)) % 10
-    train_images = {p for a, b, _ in train for p in (a, b)}
-    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
+    view1 = View1()
+    train_images = {p for a, b, _ in view1.train for p in (a, b)}
+    paths = view1.paths
     faces = detect_centre_faces(paths, progress=True)
     landmarks = np.stack([f["landmarks"] for f in faces]).astype(np.float64)
     boxes = np.stack([f["box"] for f in faces]).astype(np.float64)
@@ -203,13 +197,7 @@ def main() -> None:
         candidates[f"template+box-dlib{points}"] = candidates["template+flip"] + views
     for name, views in candidates.items():
         emb = np.sum(views, axis=0)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        dist = pair_distances(pairs, dict(zip(paths, emb)))
-        cv, _ = fold_accuracies(dist, same, folds)
-        threshold = best_threshold(dist[is_test == 0], same[is_test == 0])
-        dev_test = np.mean((dist[is_test == 1] < threshold) == same[is_test == 1])
-        print(f"{name:24s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
-              f"(t={threshold:.3f}); AUC {roc_auc_score(same, -dist):.5f}", flush=True)
+        view1.score(name, emb / np.linalg.norm(emb, axis=1, keepdims=True))
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
-from bench.lfw_verify import best_threshold, fold_accuracies, pair_distances  # noqa: E402
+from bench.lfw_embed import embed_images  # noqa: E402
+from bench.lfw_verify import View1  # noqa: E402
 from models.align import AlignSpec  # noqa: E402
 from models.embedders import Embedder, get_embedder  # noqa: E402
 
@@ -59,22 +58,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    train, _ = read_pairs(LFW / "pairsDevTrain.txt")
-    test, _ = read_pairs(LFW / "pairsDevTest.txt")
-    pairs = train + test
-    same = np.array([s for *_, s in pairs])
-    is_test = np.array([0] * len(train) + [1] * len(test))
-    folds = np.arange(len(pairs)) % 10
-    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
-
-    def report(name: str, emb: np.ndarray) -> float:
-        dist = pair_distances(pairs, dict(zip(paths, emb)))
-        cv, _ = fold_accuracies(dist, same, folds)
-        threshold = best_threshold(dist[is_test == 0], same[is_test == 0])
-        dev_test = np.mean((dist[is_test == 1] < threshold) == same[is_test == 1])
-        print(f"{name:34s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
-              f"(t={threshold:.3f}); AUC {roc_auc_score(same, -dist):.5f}", flush=True)
-        return float(cv.mean())
+    view1 = View1()
+    paths = view1.paths
+    report = view1.score
 
     chosen = {"dlib-resnet": embed_images(paths, "dlib-resnet", progress=True)[0]}
     report("dlib-resnet (chosen earlier)", chosen["dlib-resnet"])
@@ -93,9 +79,7 @@ def main() -> None:
         flipped, _ = embed_images(paths, candidate(model, crop, prewhiten, True), progress=True)
         flip = report(f"{name} {crop} {'prewhiten' if prewhiten else 'fixed'}+flip", flipped)
         chosen[name] = flipped if flip > best else emb
-    train_same = np.array([s for *_, s in train])
-    units = {m: best_threshold(pair_distances(train, dict(zip(paths, emb))), train_same)
-             for m, emb in chosen.items()}
+    units = {m: view1.train_threshold(emb) for m, emb in chosen.items()}
     print("distance units (DevTrain verification thresholds): "
           + ", ".join(f"{m} {u:.4f}" for m, u in units.items()))
     for members in (("dlib-resnet", "facenet-msceleb"), ("dlib-resnet", "facenet-casia"),

@@ -51,6 +51,39 @@ def pair_distances(pairs: list[tuple[Path, Path, bool]], lookup: dict[Path, np.n
     return np.array([np.linalg.norm(lookup[a] - lookup[b]) for a, b, _ in pairs])
 
 
+class View1:
+    """LFW View-1 as the choice benches use it: the 3,200 pairs of pairsDevTrain +
+    pairsDevTest and their images; `score` rates embeddings of those images by 10-fold
+    cross-validation (each fold's threshold chosen on the other 9), DevTest accuracy at the
+    DevTrain threshold, and the ROC AUC of all pairs."""
+
+    def __init__(self, root: Path = LFW) -> None:
+        self.train, _ = read_pairs(root / "pairsDevTrain.txt", root)
+        self.test, _ = read_pairs(root / "pairsDevTest.txt", root)
+        self.pairs = self.train + self.test
+        self.same = np.array([s for *_, s in self.pairs])
+        self.is_test = np.array([0] * len(self.train) + [1] * len(self.test))
+        self.folds = np.arange(len(self.pairs)) % 10
+        self.paths = sorted({p for a, b, _ in self.pairs for p in (a, b)})
+
+    def train_threshold(self, embeddings: np.ndarray) -> float:
+        """The best-accuracy threshold on the DevTrain pairs of embeddings (len(paths), D)."""
+        dist = pair_distances(self.pairs, dict(zip(self.paths, embeddings)))
+        return best_threshold(dist[self.is_test == 0], self.same[self.is_test == 0])
+
+    def score(self, name: str, embeddings: np.ndarray) -> float:
+        """Print the scores of embeddings (len(paths), D) of `paths`; return the 10-fold mean."""
+        from sklearn.metrics import roc_auc_score
+
+        dist = pair_distances(self.pairs, dict(zip(self.paths, embeddings)))
+        cv, _ = fold_accuracies(dist, self.same, self.folds)
+        threshold = self.train_threshold(embeddings)
+        dev_test = np.mean((dist[self.is_test == 1] < threshold) == self.same[self.is_test == 1])
+        print(f"{name:34s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
+              f"(t={threshold:.3f}); AUC {roc_auc_score(self.same, -dist):.5f}", flush=True)
+        return float(cv.mean())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="dlib-resnet", help="embedder name (models.embedders)")
