@@ -257,8 +257,11 @@ def _save_atomically(state: dict[str, torch.Tensor], target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError:
+        return
+    try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
         os.replace(tmp, target)
     except OSError:
-        return
+        Path(tmp).unlink(missing_ok=True)
