@@ -344,20 +344,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{s:<16} {m:<13} {describe(final):<40} {fmt(r)}  ({time.time() - t0:.1f} s)")
 
 
-#: dlib-resnet's verification threshold on View-1 DevTrain: the distance unit of GRIDS.
-DLIB_UNIT = 0.4203
-
-
 def distance_unit(embedder: str, lfw: Path = LFW) -> float:
     """The embedder's verification threshold on View-1 DevTrain pairs (best accuracy):
     its own scale of "same person", measured without any test identity."""
-    from bench.lfw_embed import read_pairs
-    from bench.lfw_verify import best_threshold, pair_distances
+    from bench.lfw_verify import View1
 
-    pairs, _ = read_pairs(lfw / "pairsDevTrain.txt", lfw)
-    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
-    emb, _ = embed_images(paths, embedder)
-    return best_threshold(pair_distances(pairs, dict(zip(paths, emb))), np.array([s for *_, s in pairs]))
+    view1 = View1(lfw)
+    return view1.train_threshold(embed_images(view1.paths, embedder)[0])
 
 
 def grid_for(method: str, embedder: str, lfw: Path = LFW) -> list[dict]:
@@ -367,8 +360,9 @@ def grid_for(method: str, embedder: str, lfw: Path = LFW) -> list[dict]:
     grid = GRIDS.get(method, [{}])
     if method != "agglomerative" or embedder == "dlib-resnet":
         return grid
-    ratio = distance_unit(embedder, lfw) / DLIB_UNIT
-    print(f"{embedder}: distance unit {ratio * DLIB_UNIT:.4f} = {ratio:.3f} x dlib-resnet's; grid scaled")
+    unit = distance_unit(embedder, lfw)
+    ratio = unit / distance_unit("dlib-resnet", lfw)
+    print(f"{embedder}: distance unit {unit:.4f} = {ratio:.3f} x dlib-resnet's; grid scaled")
     return [{"distance_threshold": round(g["distance_threshold"] * ratio, 3),
              "size_prior": round(g["size_prior"] * ratio ** 2, 4)} for g in grid]
 
