@@ -21,7 +21,8 @@ then ensembles of the chosen single models (dlib-resnet with its own chosen prep
 "units" divides each by its member's verification threshold on DevTrain first (each
 member's distance counts in units of its own decision boundary). Each candidate's embeddings
 are cached by bench/lfw_embed under its own embedder version, so the chosen one is reused
-by bench/lfw_verify.py and bench/identify_lfw.py.
+by bench/lfw_verify.py and bench/identify_lfw.py. Last, the ensemble as it runs (each member
+in bfloat16 arithmetic where the CPU has it) against the same members in float32.
 
     python bench/choose_facenet.py
 """
@@ -93,6 +94,11 @@ def main() -> None:
     plain = single_pass["facenet-msceleb"]
     report("dlib-resnet+msceleb(no mirror) units", unit(np.concatenate(
         [chosen["dlib-resnet"] / units["dlib-resnet"], plain / view1.train_threshold(plain)], axis=1)))
+    # The ensemble as it runs: its members in bfloat16 where the CPU has it (models.embedders).
+    ensemble = get_embedder("ensemble")
+    for member in ensemble.members:
+        report(f"{member.name} in {str(member.dtype).removeprefix('torch.')}", embed_images(paths, member)[0])
+    report("ensemble as run", embed_images(paths, ensemble, progress=True)[0])
 
 
 if __name__ == "__main__":
