@@ -420,7 +420,8 @@ def edit_tools(pid: int | None, face_actions: tuple[str, ...]) -> Html:
                  el("input", {"type": "text", "aria-label": "new name", "maxlength": 200}),
                  button("save-name", "Save"), button("close", "Cancel"))] if pid is not None else []
     faces = [el("span", {"class": "picked"}, "No face selected"),
-             [button(a, FACE_ACTIONS[a], disabled=True) for a in face_actions]] if face_actions else []
+             el("span", {"class": "face-actions"}, [button(a, FACE_ACTIONS[a], disabled=True) for a in face_actions])
+             ] if face_actions else []
     return el("section", {"class": "edit", "hidden": True, "data-person": pid, "aria-label": "corrections"},
               el("div", {"class": "tools"}, person, faces) if person or faces else None,
               el("div", {"class": "chooser", "hidden": True},

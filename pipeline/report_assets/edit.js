@@ -154,9 +154,7 @@
     const picked = selected().length;
     const shown = $(".picked");
     if (shown) shown.textContent = picked ? `${picked} face${picked === 1 ? "" : "s"} selected` : "No face selected";
-    for (const b of tools.querySelectorAll(".tools [data-do]:not([data-do=rename]):not([data-do=merge])")) {
-      b.disabled = !picked || !active;
-    }
+    for (const b of tools.querySelectorAll(".face-actions button")) b.disabled = !picked || !active;
     const n = entries.length;
     $(".pending .count").textContent = (n ? `${n} pending edit${n === 1 ? "" : "s"} (last: ${describe(state, entries[n - 1])})`
       : "No pending edits") + (stored ? "" : " · not saved: this browser keeps no local storage for this page");
