@@ -550,6 +550,13 @@ def test_opens_from_disk(browser, report: Path) -> None:
     _wait_images(driver)
     assert driver.execute_script("return getComputedStyle(document.querySelector('.avatar')).borderRadius") == "50%"
     driver.find_elements(By.CSS_SELECTOR, "li.card a")[0].click()
+    # the corrections editor runs there too, and keeps an edit across a reload
+    driver.find_element(By.CSS_SELECTOR, 'section.edit button[data-do="rename"]').click()
+    driver.find_element(By.CSS_SELECTOR, ".rename input").send_keys(" Jr.\n")
+    driver.refresh()
+    assert driver.find_element(By.TAG_NAME, "h1").text == "George W. Bush Jr."
+    driver.find_element(By.CSS_SELECTOR, 'section.edit button[data-do="undo"]').click()
+    assert driver.find_element(By.TAG_NAME, "h1").text == "George W. Bush"
     driver.find_elements(By.CSS_SELECTOR, "li.face a")[0].click()
     _wait_images(driver)
     assert driver.execute_script("return document.querySelector('.photo img').naturalWidth") == PREVIEW_SIDE

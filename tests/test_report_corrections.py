@@ -27,9 +27,10 @@ from tests.conftest import lfw_image
 from tests.test_report import browser, edit_data, _settle, _wait_images  # noqa: F401 (browser: a fixture)
 
 USER, OTHER = "Zoë O'Neil", "bob"
-# user -> {LFW identity: photo numbers}; each identity is one person of the first run.
+SINGLE = "Aaron_Eckhart"  # seen once: a face not grouped, ignored on the user's faces-not-grouped page
+# user -> {LFW identity: photo numbers}; each identity but SINGLE is one person of the first run.
 LIBRARY = {USER: {"Tony_Blair": range(1, 6), "Donald_Rumsfeld": range(1, 6), "Gerhard_Schroeder": range(1, 5),
-                  "Colin_Powell": range(1, 7), "Ariel_Sharon": range(1, 5)},
+                  "Colin_Powell": range(1, 7), "Ariel_Sharon": range(1, 5), SINGLE: [1]},
            OTHER: {"Hugo_Chavez": range(1, 5), "Jean_Chretien": range(1, 4)}}
 NEW_NAME = 'Tony </script> "B" & <b>co</b>'  # typed by the user: stays text everywhere
 FACES_PER_PAGE = 4  # Colin Powell's 6 faces take two pages; his second page's faces are moved out
@@ -81,9 +82,10 @@ def report(pipeline_run: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def persons(pipeline_run: dict) -> dict[str, int]:
-    """{LFW identity: person id} of the first run, each identity one whole person (a precondition)."""
+    """{LFW identity: person id} of the first run, each identity one whole person, SINGLE's face not
+    grouped (-1): a precondition."""
     found = people_by_identity(pipeline_run["out"], USER)
-    assert all(len(ids) == 1 and -1 not in ids for ids in found.values()), found
+    assert all(len(ids) == 1 and (-1 in ids) == (identity == SINGLE) for identity, ids in found.items()), found
     return {identity: next(iter(ids)) for identity, ids in found.items()}
 
 
@@ -190,6 +192,12 @@ def test_corrections_by_clicks(browser, pipeline_run: dict, report: Path, person
     page.click("ignore")
     assert page.notes()[ignored] == "ignored" and page.pending().startswith("4 pending edits (last: ignored 1 face)")
     _settle(driver, "23-ignored")
+    page.open("unclustered.html")
+    stranger = people_by_identity(out, USER)[SINGLE][-1][0]
+    page.pick(stranger)
+    page.click("ignore")
+    assert page.notes()[stranger] == "ignored"
+    page.open(f"person-{sharon}.html")
 
     # Two more edits, each kept with all faces of the people involved, then undone.
     extra = faces[sharon][1]
@@ -200,16 +208,16 @@ def test_corrections_by_clicks(browser, pipeline_run: dict, report: Path, person
     page.click("new")
     to_tony, new = page.stored()[-2:]
     assert to_tony["to"] == tony and set(to_tony["to_faces"]) == set(faces[tony]) and new["to"] == "new"
-    assert to_tony["faces"] == [extra] and new["rest"] == faces[sharon][3:] and len(page.stored()) == 6
+    assert to_tony["faces"] == [extra] and new["rest"] == faces[sharon][3:] and len(page.stored()) == 7
     assert page.notes()[extra] == f"→ {NEW_NAME}"
     page.click("undo")
     page.click("undo")
-    assert len(page.stored()) == 4 and page.notes() == {k: "ignored" if k == ignored else ""
+    assert len(page.stored()) == 5 and page.notes() == {k: "ignored" if k == ignored else ""
                                                         for k in faces[sharon][:FACES_PER_PAGE]}
 
     # Kept across page loads: the edits show on the user's people pages and person pages.
     driver.refresh()
-    assert page.notes()[ignored] == "ignored" and page.pending().startswith("4 pending edits")
+    assert page.notes()[ignored] == "ignored" and page.pending().startswith("5 pending edits")
     page.open("index.html")
     cards = {int(c.get_attribute("data-person")): c.text for c in driver.find_elements(By.CSS_SELECTOR, "li.card")}
     assert cards[tony] == f"{NEW_NAME}\n5 faces\nrenamed (pending)"  # among the three largest: page 1
@@ -225,17 +233,17 @@ def test_corrections_by_clicks(browser, pipeline_run: dict, report: Path, person
     corrections = json.loads(file.read_text(encoding="utf-8"))
     assert corrections["format"] == "facegroup-corrections" and corrections["version"] == 1
     entries = corrections["entries"]
-    assert [e["action"] for e in entries] == ["rename", "merge", "move", "ignore"]
+    assert [e["action"] for e in entries] == ["rename", "merge", "move", "ignore", "ignore"]
     assert all(e["user_id"] == USER for e in entries)
     times = [datetime.fromisoformat(e["at"].replace("Z", "+00:00")) for e in entries]
     assert times == sorted(times) and all(e["at"].endswith("Z") for e in entries)
-    rename, merge, move, ignore = entries
+    rename, merge, move, ignore, ignore_stranger = entries
     assert rename["person_id"] == tony and rename["faces"] == faces[tony] and rename["name"] == NEW_NAME
     assert merge["person_id"] == rumsfeld and merge["faces"] == faces[rumsfeld]
     assert merge["into"] == schroeder and merge["into_faces"] == faces[schroeder]
     assert move["person_id"] == powell and move["faces"] == moved and move["rest"] == faces[powell][:FACES_PER_PAGE]
     assert move["to"] is None and "to_faces" not in move
-    assert ignore["faces"] == [ignored] and "person_id" not in ignore
+    assert ignore["faces"] == [ignored] and "person_id" not in ignore and ignore_stranger["faces"] == [stranger]
     known = {c["face_key"] for c in _read(out, "clusters", USER)}
     assert all(set(e.get(k, [])) <= known for e in entries for k in ("faces", "rest", "into_faces", "to_faces"))
     # The other user's pages know nothing of these edits.
