@@ -220,7 +220,9 @@ def test_corrections_by_clicks(browser, pipeline_run: dict, report: Path, person
     assert page.notes()[ignored] == "ignored" and page.pending().startswith("5 pending edits")
     page.open("index.html")
     cards = {int(c.get_attribute("data-person")): c.text for c in driver.find_elements(By.CSS_SELECTOR, "li.card")}
-    assert cards[tony] == f"{NEW_NAME}\n5 faces\nrenamed (pending)"  # among the three largest: page 1
+    assert cards[tony] == f"{NEW_NAME}\n5 faces\nrenamed (pending)"  # the three largest are on page 1
+    assert cards[powell] == f"Person {powell}\n4 faces (was 6)"
+    assert cards[rumsfeld] == f"Person {rumsfeld}\n0 faces (was 5)\nmerged into Person {schroeder}"
     _settle(driver, "24-people-after-reload")
     page.open(f"person-{rumsfeld}.html")
     assert driver.find_element(By.CSS_SELECTOR, ".person-head .edit-note").text == \
@@ -250,3 +252,4 @@ def test_corrections_by_clicks(browser, pipeline_run: dict, report: Path, person
     Page(driver, base, OTHER).open("index.html")
     assert driver.find_element(By.CSS_SELECTOR, ".pending .count").text == "No pending edits"
     saved["file"] = file
+

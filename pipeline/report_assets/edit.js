@@ -38,7 +38,7 @@
   }
 
   /* The user's people after the edits: owner of each face (a person id, "new:<n>" for faces split off
-     by edit n, null for faces not in a person, "ignored"), new names, and merged people. */
+     by edit n, null for faces not in a person, "ignored"), faces per owner, new names, merged people. */
   function replay() {
     const owner = new Map(), names = new Map(), merged = new Map();
     for (const p of data.people) for (const key of p.faces) owner.set(key, p.id);
@@ -48,7 +48,9 @@
       const to = {merge: e.into, move: e.to === "new" ? `new:${n}` : e.to, ignore: "ignored"}[e.action];
       if (to !== undefined) for (const key of e.faces) owner.set(key, to);
     });
-    return {owner, names, merged};
+    const counts = new Map();
+    for (const o of owner.values()) counts.set(o, (counts.get(o) ?? 0) + 1);
+    return {owner, counts, names, merged};
   }
 
   const facesOf = (state, id) => [...state.owner].filter(([, o]) => o === id).map(([key]) => key);
@@ -75,7 +77,7 @@
     $(".prompt").textContent = prompt;
     list.replaceChildren();
     for (const p of data.people) {
-      const n = facesOf(state, p.id).length;
+      const n = state.counts.get(p.id) ?? 0;
       if (p.id === pid || n === 0) continue;
       const button = document.createElement("button");
       button.type = "button";
@@ -126,6 +128,9 @@
     for (const card of document.querySelectorAll("li.card[data-person]")) {
       const id = Number(card.dataset.person);
       card.querySelector(".name").textContent = title(state, id);
+      const count = card.querySelector(".count"), n = state.counts.get(id) ?? 0, was = people.get(id).faces.length;
+      count.dataset.was ??= count.textContent;
+      count.textContent = n === was ? count.dataset.was : `${n} face${n === 1 ? "" : "s"} (was ${was})`;
       card.classList.toggle("edited", state.merged.has(id));
       note(card.querySelector("a"), state.merged.has(id) ? `merged into ${title(state, state.merged.get(id))}`
         : state.names.has(id) ? "renamed (pending)" : "");
@@ -140,7 +145,7 @@
         if (gone) pick.checked = false;
       }
     }
-    const active = pid === null || facesOf(state, pid).length > 0;
+    const active = pid === null || state.counts.has(pid);
     if (pid !== null) {
       const head = document.querySelector(".person-head");
       head.querySelector("h1").textContent = title(state, pid);
