@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.corrections import IGNORED_REASON
 from pipeline.partitions import open_table
 from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, faces_schema
 
@@ -65,10 +66,9 @@ FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
                            "quality_reason")])
 # A known person's name may come as the `name` column of clusters/ or in a people/ table (one row
 # per person): both are read when present and tolerated when absent (outputs written before names
-# existed read the column as null). Likewise people/ `confirmed` (the user corrected this person)
-# and `name_source` ("user" | "known_people"), which tables written before corrections lack.
-PEOPLE_COLUMNS = pa.schema([PEOPLE.field(n) for n in ("user_id", "person_id", "name")]
-                           + [pa.field("confirmed", pa.bool_()), pa.field("name_source", pa.string())])
+# existed read the column as null). Likewise people/ `confirmed`, `name_source` and clusters/
+# `unclustered_reason` (pipeline.corrections), which tables written before corrections lack.
+PEOPLE_COLUMNS = pa.schema([PEOPLE.field(n) for n in ("user_id", "person_id", "name", "confirmed", "name_source")])
 
 
 class Html(str):
@@ -134,6 +134,7 @@ class Face:
     distance: float = 0.0
     thumb: str | None = None  # file under faces/, None when the thumbnail is missing
     low_quality: str | None = None  # why the face is below the quality gate (never in a person)
+    ignored: bool = False  # the user's corrections keep it out of people (clusters/ unclustered_reason)
 
 
 @dataclass
@@ -254,11 +255,13 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
                                                row["face_index"], tuple(row["box"]),
                                                low_quality=row["quality_reason"]))
     names: dict[int, set[str]] = {}
-    for row in tables.rows(tables.clusters, user_id, ["face_key", "person_id", "distance_to_centre", "name"]):
+    for row in tables.rows(tables.clusters, user_id,
+                           ["face_key", "person_id", "distance_to_centre", "name", "unclustered_reason"]):
         face = faces.get(row["face_key"])
         if face is None:
             continue
         face.person, face.distance = row["person_id"], row["distance_to_centre"]
+        face.ignored = row["unclustered_reason"] == IGNORED_REASON
         if row["name"]:
             names.setdefault(face.person, set()).add(row["name"])
     marks: dict[int, tuple[bool, str | None]] = {}  # person id -> (confirmed, name_source)
@@ -288,8 +291,9 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
     members: dict[int, list[Face]] = {}
     for face in faces.values():
         members.setdefault(face.person, []).append(face)
-    # faces alone first, low-quality faces (never grouped) after them, apart
-    unclustered = sorted(members.pop(-1, []), key=lambda f: (f.low_quality is not None, f.path, f.index, f.key))
+    # faces alone first, then those the user ignored, low-quality faces (never grouped) last, apart
+    unclustered = sorted(members.pop(-1, []),
+                         key=lambda f: (f.low_quality is not None, f.ignored, f.path, f.index, f.key))
     people = [Person(pid, min(names[pid]) if pid in names else None, sorted(fs, key=lambda f: (f.distance, f.key)),
                      *marks.get(pid, (False, None))) for pid, fs in members.items() if pid >= 0]
     people.sort(key=lambda p: (-len(p.faces), p.pid))
@@ -406,7 +410,8 @@ def face_tile(face: Face, pick: bool) -> Html:
               el("a", {"href": href(f"photo-{digest(face.photo)}.html", f"f{face.index}"), "title": face.path},
                  thumb(face, None, face.path, 124), el("span", {"class": "cap"}, name),
                  el("span", {"class": "cap reason"}, f"low quality: {face.low_quality}")
-                 if face.low_quality else None))
+                 if face.low_quality else None,
+                 el("span", {"class": "cap reason"}, "ignored by you") if face.ignored else None))
 
 
 def edit_tools(pid: int | None, face_actions: tuple[str, ...]) -> Html:

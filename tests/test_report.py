@@ -35,6 +35,7 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from pipeline.corrections import IGNORED_REASON
 from pipeline.naming import people_table
 from pipeline.report import build_report, digest, main
 from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, face_key, faces_schema
@@ -67,11 +68,10 @@ KNOWN = [("Ariel_Sharon", 4, "Ариэль Шарон"), ("Hugo_Chavez", 2, "Hug
 NAME_THRESHOLD, NAME_MARGIN = 0.6, 0.1
 # alice's faces of this identity (one photo, unclustered) are marked below the quality gate.
 LOW_QUALITY = "Abba_Eban"
-# alice's people/ table also has the columns that corrections add (the other user's lacks them): this
-# person is confirmed by the user, who named them; the other names are from known people.
-CONFIRMED = "Colin_Powell"
-PEOPLE_MARKED = pa.schema([f for f in PEOPLE if f.name not in ("confirmed", "name_source")]
-                          + [pa.field("confirmed", pa.bool_()), pa.field("name_source", pa.string())])
+# alice's tables have the columns that corrections add (the other user's people/ table is written
+# without them, as before corrections): this person is confirmed by the user, who named them, the other names are from known
+# people; the face of IGNORED (seen once, not grouped) was ignored by the user.
+CONFIRMED, IGNORED = "Colin_Powell", "Aaron_Eckhart"
 
 
 def _write(out: Path, table: str, schema: pa.Schema, rows: list[dict]) -> None:
@@ -165,13 +165,14 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                        distance_to_centre=float(np.linalg.norm(emb - centres[member])) if member else 0.0)
             if user == "alice":
                 row["name"] = NAMES.get(member)
+                row["unclustered_reason"] = IGNORED_REASON if face["photo_path"].startswith(IGNORED) else None
             clusters.append(row)
         _write(out, "photos", PHOTOS, photos)
         _write(out, "faces", faces_schema(128), faces)
         _write(out, "clusters", CLUSTERS, clusters)
         _write(out, "failures", FAILURES, [failure])
         if user == "alice":
-            _write(out, "people", PEOPLE_MARKED, [
+            _write(out, "people", PEOPLE, [
                 dict(user_id=user, person_id=pid, name=NAMES.get(n), match_distance=None,
                      face_count=identity_of.count(n), confirmed=n == CONFIRMED,
                      name_source="user" if n == CONFIRMED else "known_people" if n in NAMES else None)
@@ -180,7 +181,8 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             named_people = people_table(user, np.array([c["person_id"] for c in clusters]), np.stack(embeddings),
                                         np.stack(known), np.array([n for _, _, n in KNOWN]), NAME_THRESHOLD,
                                         NAME_MARGIN)
-            _write(out, "people", PEOPLE, named_people.to_pylist())
+            old = [f for f in PEOPLE if f.name not in ("confirmed", "name_source")]  # as before corrections
+            _write(out, "people", pa.schema(old), named_people.select([f.name for f in old]).to_pylist())
     # A user whose only photo failed still gets a row on the index.
     _write(out, "photos", PHOTOS, [dict(user_id="carol", photo_path="scan.heic", photo_sha256=None,
                                         status="failed", n_faces=0, width=None, height=None, preview=None)])
@@ -456,6 +458,8 @@ def test_browse_people_in_chromium(browser, library: Path, report: Path) -> None
     low = [t for t in tiles if "low-quality" in t.get_attribute("class")]
     assert low and tiles[-len(low):] == low and all("low quality: blurred" in t.text for t in low)
     assert "too poor to recognise" in driver.find_element(By.ID, "unclustered").text
+    ignored = [t for t in tiles if "ignored by you" in t.text]  # by the user's corrections
+    assert len(ignored) == 1 and tiles.index(ignored[0]) == len(tiles) - len(low) - 1
     assert "cannot identify image file" in driver.find_element(By.CSS_SELECTOR, "table.failures").text
     _settle(driver, "02-user-alice")
     # people/ `confirmed` and `name_source` as badges under the name (a person with neither has none)
@@ -506,6 +510,7 @@ def test_hostile_names_show_as_text(browser, library: Path) -> None:
     assert driver.find_element(By.TAG_NAME, "h1").text == HOSTILE_USER
     assert sorted(c.text for c in driver.find_elements(By.CSS_SELECTOR, "li.card .name")) == [
         "Person 1", "Ариэль Шарон"]  # a name from the people/ table; Gerhard_Schroeder (person 1) has none
+    assert not driver.find_elements(By.CSS_SELECTOR, ".badge")  # a people/ table without the corrections' columns
     page = driver.find_element(By.TAG_NAME, "body").text
     assert "<script>window.__xss=3</script> cannot identify image file" in page
     assert "<img src=x onerror=window.__xss=2>" in page
