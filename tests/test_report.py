@@ -69,8 +69,8 @@ NAME_THRESHOLD, NAME_MARGIN = 0.6, 0.1
 # alice's faces of this identity (one photo, unclustered) are marked below the quality gate.
 LOW_QUALITY = "Abba_Eban"
 # alice's tables have the columns that corrections add (the other user's people/ table is written
-# without them, as before corrections): this person is confirmed by the user, who named them, the other names are from known
-# people; the face of IGNORED (seen once, not grouped) was ignored by the user.
+# without them, as before corrections): CONFIRMED is confirmed by the user, who named them, the other
+# names are from known people; the face of IGNORED (seen once, not grouped) was ignored by the user.
 CONFIRMED, IGNORED = "Colin_Powell", "Aaron_Eckhart"
 
 

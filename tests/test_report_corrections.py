@@ -1,11 +1,16 @@
-"""Corrections made by clicks in the report of a real pipeline run, in headless Chromium.
+"""Corrections made by clicks in the report of a real pipeline run, in headless Chromium, and the
+runs that apply them.
 
 Why: a user who sees a wrong grouping fixes it in the report and downloads a corrections file for
-`--corrections`; if the file names the wrong faces or people, every later run is wrong. The pipeline
-runs on a small library of real LFW photos (two users); the report is rebuilt with small pages so
-that person pages paginate (edits must still name every face of a person). Rename, merge, "not this
-person" on a person's second page and ignore are done by clicks, kept across a reload, an extra edit
-is undone, and the downloaded file is checked against the format and against clusters/.
+`--corrections`; if the file names the wrong faces or people, or a later run loses a fix, the user's
+work is gone. The pipeline runs on a small library of real LFW photos (two users; its clustering
+is right, so every correction here changes it); the report is rebuilt with small pages so that
+person pages paginate (edits must still name every face of a person). Rename, merge, "not this
+person" on a person's second page and ignore (on a person page and on the faces-not-grouped page)
+are done by clicks, kept across a reload, two more edits are undone, and the downloaded file is
+checked against the format and clusters/. The next run with it must give exactly the corrected
+people, and one with 20 new photos must keep every correction and put the new photos in the right
+people. The tests run in file order, each on what the one before left (`saved`).
 Uses tests/test_report.py's Chromium fixture and page checks; screenshots go beside its own.
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pipeline.report import build_report, digest
 from pipeline.run import run
 from pipeline.users import user_folder
 from tests.conftest import lfw_image
-from tests.test_report import browser, edit_data, _settle, _wait_images  # noqa: F401 (browser: a fixture)
+from tests.test_report import _settle, _wait_images, browser  # noqa: F401 (browser: a fixture)
 
 USER, OTHER = "Zoë O'Neil", "bob"
 SINGLE = "Aaron_Eckhart"  # seen once: a face not grouped, ignored on the user's faces-not-grouped page
@@ -253,3 +258,101 @@ def test_corrections_by_clicks(browser, pipeline_run: dict, report: Path, person
     assert driver.find_element(By.CSS_SELECTOR, ".pending .count").text == "No pending edits"
     saved["file"] = file
 
+
+
+
+# 20 new photos for the run after the corrected one: of the renamed person, of both merged people
+# (the user said they are one) and of the person a face was ignored in. None of Colin Powell: the
+# faces moved out of his person are his too, so where his new photos belong is not for a test to say.
+NEW_PHOTOS = {USER: {"Tony_Blair": range(6, 11), "Donald_Rumsfeld": range(6, 11),
+                     "Gerhard_Schroeder": range(5, 10), "Ariel_Sharon": range(5, 10)}}
+MERGED = ("Donald_Rumsfeld", "Gerhard_Schroeder")
+
+
+def _assert_corrected(out: Path, persons: dict[str, int], faces: dict[int, list[str]], entries: list[dict],
+                      new: dict[int, set[str]], loose: set[str]) -> None:
+    """The user's people are exactly the first run's, corrected, plus `new` faces ({person id: face
+    keys}): renamed, merged and split people keep the ids the user saw, faces moved out are in no
+    person with others, ignored faces in none. Persons made only of faces moved out or of `loose`
+    faces are left to other checks."""
+    rename, merge, move, *ignores = entries
+    tony, schroeder, powell, sharon = (persons[n] for n in ("Tony_Blair", "Gerhard_Schroeder", "Colin_Powell",
+                                                            "Ariel_Sharon"))
+    ignored = {k for e in ignores for k in e["faces"]}
+    expected = {tony: set(rename["faces"]), schroeder: set(merge["faces"] + merge["into_faces"]),
+                powell: set(move["rest"]), sharon: set(faces[sharon]) - ignored}
+    for pid, keys in new.items():
+        expected[pid] |= keys
+    loose = loose | set(move["faces"])
+    rows = _read(out, "clusters", USER)
+    found: dict[int, set[str]] = {}
+    for row in rows:
+        found.setdefault(row["person_id"], set()).add(row["face_key"])
+    shown = {identity: {pid: len(keys) for pid, keys in ids.items()}
+             for identity, ids in people_by_identity(out, USER).items()}  # says what went wrong, if anything
+    assert {pid: keys for pid, keys in found.items() if pid >= 0 and not keys <= loose} == expected, \
+        f"faces of each LFW identity by person id: {shown}; expected ids {persons}"
+    assert ignored <= found[-1] and all(r["unclustered_reason"] == "ignored by user"
+                                        for r in rows if r["face_key"] in ignored)
+    people = {p["person_id"]: p for p in _read(out, "people", USER)}
+    assert (people[tony]["name"], people[tony]["name_source"]) == (NEW_NAME, "user")
+    assert all(people[pid]["confirmed"] for pid in (tony, schroeder, powell))
+    assert not people[sharon]["confirmed"] and people[sharon]["name"] is None
+
+
+def _corrected_run(saved: dict, pipeline_run: dict) -> None:
+    """Run the pipeline again on the library with the downloaded corrections file."""
+    assert "file" in saved, "test_corrections_by_clicks downloads the corrections file first"
+    run(["--input", str(pipeline_run["library"]), "--output", str(pipeline_run["out"]),
+         "--corrections", str(saved["file"])] + ARGS)
+
+
+def test_next_run_gives_the_corrected_people(browser, pipeline_run: dict, persons: dict[str, int],
+                                             saved: dict) -> None:
+    """The downloaded file given to the next run gives exactly the corrected people, and its report
+    shows them so (the user's name, confirmed, ignored faces) with no edits pending."""
+    driver, base = browser
+    out = pipeline_run["out"]
+    saved["faces"] = faces = _clusters(out, USER)
+    saved["other"] = {c["face_key"]: c["person_id"] for c in _read(out, "clusters", OTHER)}
+    _corrected_run(saved, pipeline_run)
+    entries = json.loads(saved["file"].read_text(encoding="utf-8"))["entries"]
+    _assert_corrected(out, persons, faces, entries, {}, set())
+    page = Page(driver, base, USER)
+    page.open(f"person-{persons['Tony_Blair']}.html")
+    assert driver.find_element(By.TAG_NAME, "h1").text == NEW_NAME and page.pending() == "No pending edits"
+    assert driver.find_element(By.CSS_SELECTOR, ".person-head .badges").text.split("\n") == [
+        "confirmed", "named by you"]
+    _settle(driver, "26-after-corrected-run")
+    page.open("unclustered.html")
+    ignored = [t.get_attribute("data-key") for t in driver.find_elements(By.CSS_SELECTOR, "li.face")
+               if "ignored by you" in t.text]
+    assert ignored == [k for e in entries[3:] for k in e["faces"]][::-1]  # by photo path: Aaron_, Ariel_
+
+
+def test_new_photos_keep_the_corrections(lfw: Path, pipeline_run: dict, persons: dict[str, int],
+                                         saved: dict) -> None:
+    """A further run with 20 new photos keeps every correction and the other user's people; new photos
+    of the renamed person and of the person with an ignored face join them."""
+    out = pipeline_run["out"]
+    assert "faces" in saved, "test_next_run_gives_the_corrected_people runs first"
+    _copy_photos(lfw, pipeline_run["library"], NEW_PHOTOS)
+    _corrected_run(saved, pipeline_run)
+    known = {k for keys in saved["faces"].values() for k in keys}
+    saved["new"] = {identity: [k for keys in ids.values() for k in keys if k not in known]
+                    for identity, ids in people_by_identity(out, USER).items() if identity in NEW_PHOTOS[USER]}
+    assert sum(map(len, saved["new"].values())) == 20
+    entries = json.loads(saved["file"].read_text(encoding="utf-8"))["entries"]
+    new = {persons[i]: set(keys) for i, keys in saved["new"].items() if i not in MERGED}
+    _assert_corrected(out, persons, saved["faces"], entries, new, {k for i in MERGED for k in saved["new"][i]})
+    assert {c["face_key"]: c["person_id"] for c in _read(out, "clusters", OTHER)} == saved["other"]
+
+
+@pytest.mark.xfail(strict=True, reason="as of corrections-core 0e38577 the new photos of two merged people form "
+                                       "two people of their own")
+def test_new_photos_of_merged_people_join_them(pipeline_run: dict, persons: dict[str, int], saved: dict) -> None:
+    """The user said Donald Rumsfeld and Gerhard Schroeder are one person: new photos of either join it."""
+    assert "new" in saved, "test_new_photos_keep_the_corrections runs first"
+    merged = {c["face_key"] for c in _read(pipeline_run["out"], "clusters", USER)
+              if c["person_id"] == persons["Gerhard_Schroeder"]}
+    assert {k for identity in MERGED for k in saved["new"][identity]} <= merged
