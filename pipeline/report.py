@@ -384,11 +384,12 @@ def size_chart(people: list[Person]) -> Html | None:
 
 def badges(person: Person) -> list[Html]:
     """What the user's corrections decided about a person (people/ `confirmed`, `name_source`)."""
-    marks = [el("span", {"class": "badge confirmed", "title": "decided by your corrections"}, "confirmed")
-             if person.confirmed else None]
+    marks = []
+    if person.confirmed:
+        marks.append(el("span", {"class": "badge confirmed", "title": "decided by your corrections"}, "confirmed"))
     if person.name and person.name_source in NAME_SOURCES:
         marks.append(el("span", {"class": f"badge by-{person.name_source}"}, NAME_SOURCES[person.name_source]))
-    return [m for m in marks if m]
+    return marks
 
 
 def person_card(person: Person, first: bool) -> Html:
@@ -417,7 +418,8 @@ def face_tile(face: Face, pick: bool) -> Html:
 def edit_tools(pid: int | None, face_actions: tuple[str, ...]) -> Html:
     """The corrections editor's controls, hidden until assets/edit.js shows them (a page without
     scripts shows none): pending edits, undo and download on every page of a user; on a person
-    page (`pid`) rename and merge; `face_actions` act on the faces selected on the page."""
+    page (`pid`) rename and merge, and the chooser of a person to merge or move into; `face_actions`
+    act on the faces selected on the page."""
     def button(action: str, label: str, disabled: bool = False) -> Html:
         return el("button", {"type": "button", "data-do": action, "disabled": disabled}, label)
     person = [button("rename", "Rename"), button("merge", "Merge into…"),
@@ -430,7 +432,8 @@ def edit_tools(pid: int | None, face_actions: tuple[str, ...]) -> Html:
     return el("section", {"class": "edit", "hidden": True, "data-person": pid, "aria-label": "corrections"},
               el("div", {"class": "tools"}, person, faces) if person or faces else None,
               el("div", {"class": "chooser", "hidden": True},
-                 el("p", {"class": "prompt"}), el("ul", {"class": "choices"}), button("close", "Cancel")),
+                 el("p", {"class": "prompt"}), el("ul", {"class": "choices"}), button("close", "Cancel"))
+              if pid is not None else None,
               el("div", {"class": "pending"},
                  el("span", {"class": "count"}, "No pending edits"), button("undo", "Undo", True),
                  button("download", "Download corrections", True),
@@ -447,8 +450,8 @@ def edit_data(user: UserReport) -> str:
     people = [{"id": p.pid, "title": p.title,
                "thumb": href(f"faces/{p.faces[0].thumb}") if p.faces[0].thumb else None,
                "faces": [f.key for f in p.faces]} for p in user.people]
-    text = json.dumps({"user": user.user_id, "people": people}, ensure_ascii=True, separators=(",", ":"))
-    data = json.dumps({"key": digest(text), "user": user.user_id, "people": people}, ensure_ascii=True,
+    body = {"user": user.user_id, "people": people}
+    data = json.dumps({"key": digest(json.dumps(body, ensure_ascii=True)), **body}, ensure_ascii=True,
                       separators=(",", ":"))
     for char in "<>&":
         data = data.replace(char, f"\\u{ord(char):04x}")
