@@ -147,10 +147,10 @@
     }
     const active = pid === null || state.counts.has(pid);
     if (pid !== null) {
-      const head = document.querySelector(".person-head");
-      head.querySelector("h1").textContent = title(state, pid);
+      const h1 = document.querySelector(".person-head h1");
+      h1.textContent = title(state, pid);
       const added = facesOf(state, pid).filter(k => !own.has(k)).length;
-      note(head, [state.merged.has(pid) ? `Merged into ${title(state, state.merged.get(pid))} (pending).` : "",
+      note(h1.parentElement, [state.merged.has(pid) ? `Merged into ${title(state, state.merged.get(pid))} (pending).` : "",
                   !active && !state.merged.has(pid) ? "Every face moved out (pending)." : "",
                   state.names.has(pid) ? "Renamed (pending)." : "",
                   added ? `${added} face${added === 1 ? "" : "s"} added by your edits.` : ""].join(" ").trim());
