@@ -57,7 +57,9 @@
   const title = (state, id) => state.names.get(id) ?? people.get(id).title;
 
   function add(action, fields) {
-    entries.push({action, user_id: data.user, ...fields, at: new Date().toISOString()});
+    // never before the previous edit (a clock set back): the pipeline replays edits in time order
+    const at = new Date(Math.max(Date.now(), entries.length ? Date.parse(entries[entries.length - 1].at) : 0));
+    entries.push({action, user_id: data.user, ...fields, at: at.toISOString()});
     save();
     render();
   }
