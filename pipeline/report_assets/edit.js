@@ -10,7 +10,7 @@
   const tools = document.querySelector("section.edit");
   if (!data || !tools) return;
   const storeKey = `facegroup-corrections:${data.key}`;
-  const pid = tools.dataset.person === undefined ? null : Number(tools.dataset.person);  // null: not a person page
+  const pid = tools.dataset.person === undefined ? null : Number(tools.dataset.person);  // null: no person page
   const people = new Map(data.people.map(p => [p.id, p]));
   const own = new Set(pid === null ? [] : people.get(pid).faces);
   const $ = selector => tools.querySelector(selector);
@@ -152,10 +152,12 @@
       const h1 = document.querySelector(".person-head h1");
       h1.textContent = title(state, pid);
       const added = facesOf(state, pid).filter(k => !own.has(k)).length;
-      note(h1.parentElement, [state.merged.has(pid) ? `Merged into ${title(state, state.merged.get(pid))} (pending).` : "",
-                  !active && !state.merged.has(pid) ? "Every face moved out (pending)." : "",
-                  state.names.has(pid) ? "Renamed (pending)." : "",
-                  added ? `${added} face${added === 1 ? "" : "s"} added by your edits.` : ""].join(" ").trim());
+      const into = state.merged.get(pid);
+      note(h1.parentElement, [into !== undefined ? `Merged into ${title(state, into)} (pending).` : "",
+                              !active && into === undefined ? "Every face moved out (pending)." : "",
+                              state.names.has(pid) ? "Renamed (pending)." : "",
+                              added ? `${added} face${added === 1 ? "" : "s"} added by your edits.` : ""]
+        .join(" ").trim());
       for (const b of tools.querySelectorAll('[data-do="rename"], [data-do="merge"]')) b.disabled = !active;
     }
     const picked = selected().length;
@@ -163,8 +165,9 @@
     if (shown) shown.textContent = picked ? `${picked} face${picked === 1 ? "" : "s"} selected` : "No face selected";
     for (const b of tools.querySelectorAll(".face-actions button")) b.disabled = !picked || !active;
     const n = entries.length;
-    $(".pending .count").textContent = (n ? `${n} pending edit${n === 1 ? "" : "s"} (last: ${describe(state, entries[n - 1])})`
-      : "No pending edits") + (stored ? "" : " · not saved: this browser keeps no local storage for this page");
+    const last = n ? ` (last: ${describe(state, entries[n - 1])})` : "";
+    $(".pending .count").textContent = (n ? `${n} pending edit${n === 1 ? "" : "s"}${last}` : "No pending edits")
+      + (stored ? "" : " · not saved: this browser keeps no local storage for this page");
     $('[data-do="undo"]').disabled = $('[data-do="download"]').disabled = !n;
   }
 
