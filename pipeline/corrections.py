@@ -316,6 +316,11 @@ class FaceConstraints:
     cannot_link: np.ndarray
     ignored: np.ndarray
 
+    def eligible(self, passed: np.ndarray) -> np.ndarray:
+        """(N,) bool: faces that may be in a person: those that pass the quality gate
+        (passed (N,) bool) and are not ignored, and every must-linked face (the user saw it)."""
+        return (np.asarray(passed, bool) & ~self.ignored) | (self.must_link >= 0)
+
 
 @dataclass(frozen=True)
 class PinnedPeople:
