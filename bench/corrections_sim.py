@@ -83,8 +83,8 @@ def constraints_hold(labels: np.ndarray, must: np.ndarray, pairs: np.ndarray) ->
     return groups and not any(labels[a] == labels[b] >= 0 for a, b in pairs.tolist())
 
 
-def simulate(lib: Prepared, fixes: int, folder: Path) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """(labels (N,) before, after, entries written, constraints held) for one library."""
+def simulate(lib: Prepared, fixes: int, folder: Path) -> tuple[np.ndarray, np.ndarray, list[dict], bool]:
+    """(labels (N,) before, after, the entries written, constraints held) for one library."""
     before = cluster_faces(lib.x, eligible=~lib.gated).person_id
     keys = face_keys(len(lib.x))
     entries = worst_errors(lib.identities, before, keys, fixes)
@@ -98,13 +98,31 @@ def simulate(lib: Prepared, fixes: int, folder: Path) -> tuple[np.ndarray, np.nd
         after = cluster_faces(lib.x, eligible=linked.eligible(~lib.gated), must_link=linked.must_link,
                               cannot_link=linked.cannot_link).person_id
         held = constraints_hold(after, linked.must_link, linked.cannot_link)
-    return before, after, len(entries), held
+    return before, after, entries, held
 
 
 def bcubed_f(lib: Prepared, labels: np.ndarray, clean: bool) -> float:
     """BCubed F of labels (N,) over all faces, or over the clean ones (junk suites' objective)."""
     keep = ~lib.junk if clean else np.ones(len(labels), bool)
     return bcubed_prf(lib.identities[keep], labels[keep])[2]
+
+
+def table_row(suite: str, prepared: list[Prepared], rows: list[tuple]) -> str:
+    """One suite's line: libraries, faces, entries by action, mean BCubed F before / after
+    over all faces and over clean faces, libraries worse (all faces), constraints held."""
+    def f(clean: bool, i: int) -> np.ndarray:
+        """Per library BCubed F of the labels before (i=0) or after (i=1) the corrections."""
+        return np.array([bcubed_f(lib, r[i], clean) for lib, r in zip(prepared, rows)])
+
+    def gain(clean: bool, width: int) -> str:
+        before, after = f(clean, 0).mean(), f(clean, 1).mean()
+        return f"{before:>{width}.4f} {after:>7.4f} {after - before:>+7.4f}"
+
+    actions = [e["action"] for r in rows for e in r[2]]
+    worse = int((f(False, 1) < f(False, 0) - 1e-9).sum())
+    return (f"{suite:<20} {len(rows):>4} {sum(len(p.x) for p in prepared):>6} {actions.count('move'):>5} "
+            f"{actions.count('merge'):>6}  {gain(False, 11)}  {gain(True, 14)}  {worse:>5} "
+            f"{sum(r[3] for r in rows):>2}/{len(rows):<2}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                                                    f"pins{k}-", (15, 25)), args.pins)
     print(f"simulated user fixes the {args.fixes} largest errors per library (embedder {args.embedder}, "
           f"pipeline's default clustering, quality gate on); BCubed F over all faces and over clean faces")
-    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'fixes':>5}  {'B3 F before':>11} {'after':>7} {'gain':>7}  "
+    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6}  {'B3 F before':>11} {'after':>7} {'gain':>7}  "
           f"{'clean F before':>14} {'after':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for variant in [v for v in args.variants.split(",") if v]:
@@ -137,15 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                     libraries = [with_junk(lib, root, args.seed) for lib in libraries]
                 prepared = prepare(libraries, args.embedder, variant, root)
                 rows = [simulate(lib, args.fixes, Path(tmp)) for lib in prepared]
-                f = {(clean, i): np.array([bcubed_f(lib, r[i], clean) for lib, r in zip(prepared, rows)])
-                     for clean in (False, True) for i in (0, 1)}
-                print(f"{name + '-' + variant:<20} {len(rows):>4} {sum(len(p.x) for p in prepared):>6} "
-                      f"{sum(r[2] for r in rows):>5}  "
-                      + "  ".join(f"{f[clean, 0].mean():>{14 if clean else 11}.4f} {f[clean, 1].mean():>7.4f} "
-                                  f"{f[clean, 1].mean() - f[clean, 0].mean():>+7.4f}" for clean in (False, True))
-                      + f"  {int((f[False, 1] < f[False, 0] - 1e-9).sum()):>5} "
-                      f"{sum(r[3] for r in rows):>2}/{len(rows):<2}")
-
+                print(table_row(f"{name}-{variant}", prepared, rows))
 
 if __name__ == "__main__":
     main()
