@@ -316,6 +316,11 @@ class FaceConstraints:
     cannot_link: np.ndarray
     ignored: np.ndarray
 
+    def eligible(self, passed: np.ndarray) -> np.ndarray:
+        """(N,) bool: faces that may be in a person: those that pass the quality gate
+        (passed (N,) bool) and are not ignored, and every must-linked face (the user saw it)."""
+        return (np.asarray(passed, bool) & ~self.ignored) | (self.must_link >= 0)
+
 
 @dataclass(frozen=True)
 class PinnedPeople:
@@ -418,19 +423,28 @@ def run_record(files: Sequence[str], constraints: dict[str, UserConstraints],
                      "unknown_user_examples": absent[:MAX_EXAMPLES]}
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def describe(record: dict) -> list[str]:
     """The printed summary's lines about a run's corrections (`run_record`)."""
-    files = len(record["files"])
-    lines = [f"corrections: {record['entries']} entries from {files} file{'s' * (files != 1)} about "
-             f"{record['users']} users; {record['confirmed']} people confirmed ({record['user_named']} named by the "
-             f"user), {record['ignored']} faces ignored, {record['overridden']} face pairs where a later entry "
-             f"reversed an earlier one"]
+    lines = [f"corrections: {_count(record['entries'], 'entry', 'entries')} in "
+             f"{_count(len(record['files']), 'file', 'files')} about {_count(record['users'], 'user', 'users')}; "
+             f"{_count(record['confirmed'], 'person', 'people')} confirmed ({record['user_named']} named by the "
+             f"user), {_count(record['ignored'], 'face', 'faces')} ignored, "
+             f"{_count(record['overridden'], 'face pair', 'face pairs')} reversed by a later entry"]
+    unknown_users = _count(record["unknown_users"], "user", "users")
     for count, what, examples in (
-            ("unknown_users", f"users not in the library ({record['unknown_user_entries']} entries, not applied)",
-             "unknown_user_examples"),
-            ("not_applied", "entries whose faces are all gone (not applied)", "not_applied_examples"),
-            ("unknown_faces", "face keys no longer in the library", "unknown_face_examples"),
-            ("lost_people", "corrected people whose faces are all alone or ignored now", "lost_people_examples")):
+            ("unknown_user_entries", f"about {unknown_users} not in the library", "unknown_user_examples"),
+            ("not_applied", "whose faces are all gone", "not_applied_examples")):
         if record[count]:
-            lines.append(f"  {record[count]} {what}, e.g. {', '.join(map(str, record[examples]))}")
+            lines.append(f"  not applied: {_count(record[count], 'entry', 'entries')} {what}, e.g. "
+                         + ", ".join(record[examples]))
+    for count, one, many, examples in (
+            ("unknown_faces", "face key", "face keys", "unknown_face_examples"),
+            ("lost_people", "corrected person", "corrected people", "lost_people_examples")):
+        if record[count]:
+            what = "no longer in the library" if count == "unknown_faces" else "whose faces are all alone or ignored now"
+            lines.append(f"  {_count(record[count], one, many)} {what}, e.g. " + ", ".join(record[examples]))
     return lines

@@ -227,10 +227,9 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str, previou
     constraints = constraints or UserConstraints("")
     linked = face_constraints(constraints, keys)
     passed = np.nan_to_num(faces.column("quality").to_numpy(), nan=1.0) >= GATE
-    eligible = (passed & ~linked.ignored) | (linked.must_link >= 0)
     if n:
         result = cluster_faces(embeddings, method, groups=faces.column("photo_sha256").to_numpy(zero_copy_only=False),
-                               eligible=eligible, embedder_version=embedders[0][1],
+                               eligible=linked.eligible(passed), embedder_version=embedders[0][1],
                                must_link=linked.must_link, cannot_link=linked.cannot_link)
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:

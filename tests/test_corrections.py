@@ -195,8 +195,10 @@ def test_the_summary_counts_what_could_not_be_applied(runs):
     # f1 was moved into Alice's person (4 faces) and, later, out of it
     assert (record["overridden"], record["ignored"], record["confirmed"], record["user_named"]) == (4, 1, 8, 1)
     text = runs["second"].format()
-    assert "corrections: 10 entries from 1 file about 3 users; 8 people confirmed (1 named by the user)" in text
-    assert "1 users not in the library (1 entries, not applied), e.g. zed" in text
+    assert ("corrections: 10 entries in 1 file about 3 users; 8 people confirmed (1 named by the user), "
+            "1 face ignored, 4 face pairs reversed by a later entry") in text
+    assert "not applied: 1 entry about 1 user not in the library, e.g. zed" in text
+    assert f"1 face key no longer in the library, e.g. {GHOST}" in text
     assert runs["first"].corrections is None and "corrections:" not in runs["first"].format()
 
 
