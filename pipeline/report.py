@@ -444,14 +444,16 @@ def edit_tools(pid: int | None, face_actions: tuple[str, ...]) -> Html:
 def edit_data(user: UserReport) -> str:
     """The user's edit-data.js: every person with all face keys, for the editor on paginated pages.
 
-    JSON with <, > and & as \\u escapes (inert wherever it is read); `key`, a digest of the data,
-    keeps the edits of two reports (or of one user before and after a re-run) apart in localStorage.
+    JSON with <, > and & as \\u escapes (inert wherever it is read); `key`, a digest of the data and
+    of the faces not grouped (ignored or not), keeps the edits of two reports apart in localStorage,
+    among them the reports before and after a run applied the edits.
     """
     people = [{"id": p.pid, "title": p.title,
                "thumb": href(f"faces/{p.faces[0].thumb}") if p.faces[0].thumb else None,
                "faces": [f.key for f in p.faces]} for p in user.people]
     body = {"user": user.user_id, "people": people}
-    data = json.dumps({"key": digest(json.dumps(body, ensure_ascii=True)), **body}, ensure_ascii=True,
+    alone = [[f.key, f.ignored] for f in user.unclustered]
+    data = json.dumps({"key": digest(json.dumps([body, alone], ensure_ascii=True)), **body}, ensure_ascii=True,
                       separators=(",", ":"))
     for char in "<>&":
         data = data.replace(char, f"\\u{ord(char):04x}")
