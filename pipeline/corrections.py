@@ -152,7 +152,9 @@ def _entry(raw: object, order: int, source: str) -> Entry:
         fields["rest"] = _keys(raw, "rest", allow_empty=True)
         if set(fields["rest"]) & set(fields["faces"]):
             raise ValueError("faces and rest share face keys")
-        to = raw.get("to")
+        if "to" not in raw:
+            raise ValueError("to is required: a person id, \"new\" or null (not this person)")
+        to = raw["to"]
         if to == "new" or to is None:
             if raw.get("to_faces"):
                 raise ValueError("to_faces is only for a move to a person id")

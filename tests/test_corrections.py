@@ -302,6 +302,8 @@ def write(tmp_path: Path, entries: list, name: str = "c.json", **top) -> Path:
       "at": "2026-12-06T20:00:00Z"}, "to_faces must be"),
     ({"action": "move", "user_id": "u", "person_id": 1, "faces": KEY[:1], "rest": [], "to": "other",
       "at": "2026-12-06T20:00:00Z"}, "to 'other'"),
+    ({"action": "move", "user_id": "u", "person_id": 1, "faces": KEY[:1], "rest": [],
+      "at": "2026-12-06T20:00:00Z"}, "to is required"),
     ({"action": "merge", "user_id": "u", "person_id": True, "faces": KEY[:1], "into": 2, "into_faces": KEY[1:2],
       "at": "2026-12-06T20:00:00Z"}, "person_id must be a person id"),
     ("rename", "must be an object"),
