@@ -112,7 +112,8 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def runs(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run 1; corrections written from its tables; run 2 with them; run 3 with new photos;
-    run 4 with the same corrections given twice; run 5 with HDBSCAN into another output."""
+    run 4 with the same corrections given twice; runs 5 and 6 into other outputs, with HDBSCAN
+    and with another embedder (every photo embedded again)."""
     base = tmp_path_factory.mktemp("corrections")
     library, out, known = base / "library", base / "out", base / "known"
     for letter, (_, _, n) in PEOPLE.items():
@@ -147,6 +148,11 @@ def runs(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
          "--corrections", str(corrections)] + ARGS)
     result["people5"] = {user: people_of(hdbscan, user) for user in ("u", "v")}
     result["faces5"] = {user: read(hdbscan, "faces", user) for user in ("u", "v")}
+    facenet = base / "facenet"
+    run(["--input", str(library), "--output", str(facenet), "--previous", str(out), "--embedder", "facenet-casia",
+         "--corrections", str(corrections)] + ARGS)
+    result["people6"] = {user: people_of(facenet, user) for user in ("u", "v")}
+    result["embedders6"] = set(read(facenet, "faces", "u").column("embedder").to_pylist())
     return result
 
 
@@ -229,9 +235,11 @@ def test_applying_the_same_corrections_twice_changes_nothing(runs):
         assert runs["people4"][user] == runs["people3"][user]
 
 
-def test_corrections_hold_with_another_clustering_method(runs):
+@pytest.mark.parametrize("changed", ["people5", "people6"], ids=["hdbscan", "facenet-casia"])
+def test_corrections_hold_with_another_clustering_method_or_embedder(runs, changed):
+    assert runs["embedders6"] == {"facenet-casia"}
     for user in ("u", "v"):
-        clusters, _ = runs["people5"][user]
+        clusters, _ = runs[changed][user]
         keys = runs["keys3"][user]
         pid = {n: clusters[k]["person_id"] for n, k in keys.items()}
         if user == "v":
