@@ -400,3 +400,17 @@ def test_entries_keep_their_source_for_the_summary(tmp_path):
     (entry_,) = load_corrections([str(write(tmp_path, [entry("ignore", "u", 1, faces=KEY[:2] + KEY[:1])]))])
     assert isinstance(entry_, Entry) and entry_.faces == tuple(KEY[:2])  # duplicates dropped
     assert entry_.source == f"{tmp_path / 'c.json'} entry 0" and entry_.at.tzinfo is not None
+
+
+def test_the_id_a_correction_names_comes_first_and_fresh_ids_stay_above_it():
+    from pipeline.person_ids import PreviousPeople, stable_person_ids
+
+    keys = ["a1", "a2", "b1", "b2", "c1", "c2"]
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    previous = PreviousPeople({"a1": 3, "a2": 3, "b1": 4, "b2": 4}, next_id=5)
+    # a correction names cluster 1 as person 3: it takes 3, so cluster 0 (3's faces before) gets a fresh id
+    ids, next_id = stable_person_ids(keys, labels, previous, {1: 3})
+    assert ids.tolist() == [5, 5, 3, 3, 6, 6] and next_id == 7
+    # numbered afresh (--previous none): no fresh id collides with the one the user named
+    ids, next_id = stable_person_ids(keys, labels, None, {2: 1})
+    assert ids.tolist() == [2, 2, 3, 3, 1, 1] and next_id == 4
