@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    f"pins{k}-", (15, 25)), args.pins)
     print(f"simulated user fixes the {args.fixes} largest errors per library (embedder {args.embedder}, "
           f"pipeline's default clustering, quality gate on); BCubed F over all faces and over clean faces")
-    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6} {'lone':>5}  {'B3 F before':>11} {'after':>7} {'gain':>7}  "
-          f"{'clean F before':>14} {'after':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
+    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6} {'lone':>5}  "
+          f"{'B3 F before':>11} {'after':>7} {'gain':>7}  {'clean F before':>14} {'after':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for variant in [v for v in args.variants.split(",") if v]:
             for name, (libraries, root) in suites.items():

@@ -443,10 +443,10 @@ def describe(record: dict) -> list[str]:
         if record[count]:
             lines.append(f"  not applied: {_count(record[count], 'entry', 'entries')} {what}, e.g. "
                          + ", ".join(record[examples]))
-    for count, one, many, examples in (
-            ("unknown_faces", "face key", "face keys", "unknown_face_examples"),
-            ("lost_people", "corrected person", "corrected people", "lost_people_examples")):
+    for count, examples, one, many, what in (
+            ("unknown_faces", "unknown_face_examples", "face key", "face keys", "no longer in the library"),
+            ("lost_people", "lost_people_examples", "corrected person", "corrected people",
+             "whose faces are all alone or ignored now")):
         if record[count]:
-            what = "no longer in the library" if count == "unknown_faces" else "whose faces are all alone or ignored now"
             lines.append(f"  {_count(record[count], one, many)} {what}, e.g. " + ", ".join(record[examples]))
     return lines

@@ -213,8 +213,8 @@ def test_new_photos_keep_every_correction_and_join_the_right_people(runs):
         before, _ = runs["people2"][user]
         after, people = runs["people3"][user]
         keys = runs["keys"][user]
-        assert {n: after[k]["person_id"] for n, k in keys.items()} == {n: before[k]["person_id"] for n, k in keys.items()}
-        assert {n: after[k]["confirmed"] for n, k in keys.items()} == {n: before[k]["confirmed"] for n, k in keys.items()}
+        for column in ("person_id", "confirmed"):
+            assert {n: after[k][column] for n, k in keys.items()} == {n: before[k][column] for n, k in keys.items()}
     clusters, people = runs["people3"]["u"]
     keys = runs["keys3"]["u"]
     pid = {n: clusters[k]["person_id"] for n, k in keys.items()}
