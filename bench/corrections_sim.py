@@ -15,8 +15,9 @@ faces of the identity), largest first. The file is read back through
 pipeline.corrections (load, replay, face_constraints) and the library clustered again with
 the constraints, as the pipeline's writer does. Reported per suite: mean BCubed F before
 and after (over all faces, and over the clean faces: cluster_eval's objective; unclustered
-faces count as singletons), libraries that got worse (all faces), and whether every
-constraint held in the new clustering. Lone faces ("other faces") are no person, so the
+faces count as singletons), libraries that got worse (all faces), whether every
+constraint held in the new clustering, and the errors out of reach (`lone`: faces left
+alone although their identity is the most common one of a person). Lone faces ("other faces") are no person, so the
 format's merge and move cannot reach them: the user fixes errors among people only.
 
     python bench/corrections_sim.py                       # LFW users and pins50dev, clean and junk
@@ -107,9 +108,20 @@ def bcubed_f(lib: Prepared, labels: np.ndarray, clean: bool) -> float:
     return bcubed_prf(lib.identities[keep], labels[keep])[2]
 
 
+def unreachable(true: np.ndarray, labels: np.ndarray) -> int:
+    """Lone faces (labels (N,) -1) of an identity that is the most common one of a person:
+    errors no version-1 entry can fix (merge and move name a person id)."""
+    having = set()
+    for person in np.unique(labels[labels >= 0]).tolist():
+        names, counts = np.unique(true[labels == person], return_counts=True)
+        having.add(names[np.argmax(counts)])
+    return int(sum(1 for name, label in zip(true.tolist(), labels.tolist()) if label < 0 and name in having))
+
+
 def table_row(suite: str, prepared: list[Prepared], rows: list[tuple]) -> str:
-    """One suite's line: libraries, faces, entries by action, mean BCubed F before / after
-    over all faces and over clean faces, libraries worse (all faces), constraints held."""
+    """One suite's line: libraries, faces, entries by action, lone faces out of reach (before),
+    mean BCubed F before / after over all faces and over clean faces, libraries worse (all
+    faces), constraints held."""
     def f(clean: bool, i: int) -> np.ndarray:
         """Per library BCubed F of the labels before (i=0) or after (i=1) the corrections."""
         return np.array([bcubed_f(lib, r[i], clean) for lib, r in zip(prepared, rows)])
@@ -121,7 +133,8 @@ def table_row(suite: str, prepared: list[Prepared], rows: list[tuple]) -> str:
     actions = [e["action"] for r in rows for e in r[2]]
     worse = int((f(False, 1) < f(False, 0) - 1e-9).sum())
     return (f"{suite:<20} {len(rows):>4} {sum(len(p.x) for p in prepared):>6} {actions.count('move'):>5} "
-            f"{actions.count('merge'):>6}  {gain(False, 11)}  {gain(True, 14)}  {worse:>5} "
+            f"{actions.count('merge'):>6} {sum(unreachable(lib.identities, r[0]) for lib, r in zip(prepared, rows)):>5}"
+            f"  {gain(False, 11)}  {gain(True, 14)}  {worse:>5} "
             f"{sum(r[3] for r in rows):>2}/{len(rows):<2}")
 
 
@@ -146,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    f"pins{k}-", (15, 25)), args.pins)
     print(f"simulated user fixes the {args.fixes} largest errors per library (embedder {args.embedder}, "
           f"pipeline's default clustering, quality gate on); BCubed F over all faces and over clean faces")
-    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6}  {'B3 F before':>11} {'after':>7} {'gain':>7}  "
-          f"{'clean F before':>14} {'after':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
+    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6} {'lone':>5}  "
+          f"{'B3 F before':>11} {'after':>7} {'gain':>7}  {'clean F before':>14} {'after':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
     with tempfile.TemporaryDirectory() as tmp:
         for variant in [v for v in args.variants.split(",") if v]:
             for name, (libraries, root) in suites.items():

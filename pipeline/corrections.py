@@ -152,7 +152,9 @@ def _entry(raw: object, order: int, source: str) -> Entry:
         fields["rest"] = _keys(raw, "rest", allow_empty=True)
         if set(fields["rest"]) & set(fields["faces"]):
             raise ValueError("faces and rest share face keys")
-        to = raw.get("to")
+        if "to" not in raw:
+            raise ValueError("to is required: a person id, \"new\" or null (not this person)")
+        to = raw["to"]
         if to == "new" or to is None:
             if raw.get("to_faces"):
                 raise ValueError("to_faces is only for a move to a person id")
@@ -441,10 +443,10 @@ def describe(record: dict) -> list[str]:
         if record[count]:
             lines.append(f"  not applied: {_count(record[count], 'entry', 'entries')} {what}, e.g. "
                          + ", ".join(record[examples]))
-    for count, one, many, examples in (
-            ("unknown_faces", "face key", "face keys", "unknown_face_examples"),
-            ("lost_people", "corrected person", "corrected people", "lost_people_examples")):
+    for count, examples, one, many, what in (
+            ("unknown_faces", "unknown_face_examples", "face key", "face keys", "no longer in the library"),
+            ("lost_people", "lost_people_examples", "corrected person", "corrected people",
+             "whose faces are all alone or ignored now")):
         if record[count]:
-            what = "no longer in the library" if count == "unknown_faces" else "whose faces are all alone or ignored now"
             lines.append(f"  {_count(record[count], one, many)} {what}, e.g. " + ", ".join(record[examples]))
     return lines

@@ -5,6 +5,9 @@ with the previous run's person ids, matched through the faces the two runs share
 face is identified across runs by its face_key, "<photo sha256>:<face index>").
 
 Rule, for one user (deterministic: it depends only on the face keys and labels):
+  0. First, a cluster the user's corrections name (pipeline.corrections: `preferred`,
+     cluster -> the person id the user knew, e.g. a merge's `into`) takes that id; fresh
+     ids (4.) then count from above it too. The steps below skip the ids and clusters taken.
   1. overlap(c, p) = number of faces in new cluster c that had person id p before.
   2. Pairs (c, p) with overlap > 0 are taken greedily by decreasing overlap; ties go to
      the smaller previous id p, then to the cluster whose smallest face key sorts first.
@@ -18,9 +21,6 @@ Rule, for one user (deterministic: it depends only on the face keys and labels):
      never comes back for someone else. They are numbered in cluster order (largest
      first, ties by smallest face key), which is also how a first run numbers people.
   5. Unclustered faces stay -1.
-  0. Before all of this, a cluster the user's corrections name (pipeline.corrections:
-     `preferred`, cluster -> the person id the user knew, e.g. a merge's `into`) takes
-     that id; fresh ids then count from above it too.
 `next_id` is stored with each user's clusters/ table (pipeline.outputs).
 """
 from __future__ import annotations

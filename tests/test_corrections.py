@@ -112,7 +112,8 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def runs(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run 1; corrections written from its tables; run 2 with them; run 3 with new photos;
-    run 4 with the same corrections given twice; run 5 with HDBSCAN into another output."""
+    run 4 with the same corrections given twice; runs 5 and 6 into other outputs, with HDBSCAN
+    and with another embedder (every photo embedded again)."""
     base = tmp_path_factory.mktemp("corrections")
     library, out, known = base / "library", base / "out", base / "known"
     for letter, (_, _, n) in PEOPLE.items():
@@ -147,6 +148,11 @@ def runs(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
          "--corrections", str(corrections)] + ARGS)
     result["people5"] = {user: people_of(hdbscan, user) for user in ("u", "v")}
     result["faces5"] = {user: read(hdbscan, "faces", user) for user in ("u", "v")}
+    facenet = base / "facenet"
+    run(["--input", str(library), "--output", str(facenet), "--previous", str(out), "--embedder", "facenet-casia",
+         "--corrections", str(corrections)] + ARGS)
+    result["people6"] = {user: people_of(facenet, user) for user in ("u", "v")}
+    result["embedders6"] = set(read(facenet, "faces", "u").column("embedder").to_pylist())
     return result
 
 
@@ -207,8 +213,8 @@ def test_new_photos_keep_every_correction_and_join_the_right_people(runs):
         before, _ = runs["people2"][user]
         after, people = runs["people3"][user]
         keys = runs["keys"][user]
-        assert {n: after[k]["person_id"] for n, k in keys.items()} == {n: before[k]["person_id"] for n, k in keys.items()}
-        assert {n: after[k]["confirmed"] for n, k in keys.items()} == {n: before[k]["confirmed"] for n, k in keys.items()}
+        for column in ("person_id", "confirmed"):
+            assert {n: after[k][column] for n, k in keys.items()} == {n: before[k][column] for n, k in keys.items()}
     clusters, people = runs["people3"]["u"]
     keys = runs["keys3"]["u"]
     pid = {n: clusters[k]["person_id"] for n, k in keys.items()}
@@ -229,9 +235,11 @@ def test_applying_the_same_corrections_twice_changes_nothing(runs):
         assert runs["people4"][user] == runs["people3"][user]
 
 
-def test_corrections_hold_with_another_clustering_method(runs):
+@pytest.mark.parametrize("changed", ["people5", "people6"], ids=["hdbscan", "facenet-casia"])
+def test_corrections_hold_with_another_clustering_method_or_embedder(runs, changed):
+    assert runs["embedders6"] == {"facenet-casia"}
     for user in ("u", "v"):
-        clusters, _ = runs["people5"][user]
+        clusters, _ = runs[changed][user]
         keys = runs["keys3"][user]
         pid = {n: clusters[k]["person_id"] for n, k in keys.items()}
         if user == "v":
@@ -258,7 +266,9 @@ def test_constraints_on_real_faces_for_every_method(runs, method):
     must = np.full(len(x), -1)
     must[c + d] = 0
     pairs = np.array([[a[0], a[1]], [a[0], a[2]]])
-    linked = cluster_faces(x, method, must_link=must, cannot_link=pairs).person_id
+    photos = np.arange(len(x))
+    photos[d[0]] = c[0]  # as if the two men were in one photo: the user's must-link still wins
+    linked = cluster_faces(x, method, groups=photos, must_link=must, cannot_link=pairs).person_id
     assert len(set(linked[c + d].tolist())) == 1 and linked[c[0]] >= 0
     assert not together(linked, a[0], a[1]) and not together(linked, a[0], a[2])
     assert together(linked, a[1], a[2]) or method != "agglomerative"  # HDBSCAN keeps the faces nearest
@@ -302,6 +312,8 @@ def write(tmp_path: Path, entries: list, name: str = "c.json", **top) -> Path:
       "at": "2026-12-06T20:00:00Z"}, "to_faces must be"),
     ({"action": "move", "user_id": "u", "person_id": 1, "faces": KEY[:1], "rest": [], "to": "other",
       "at": "2026-12-06T20:00:00Z"}, "to 'other'"),
+    ({"action": "move", "user_id": "u", "person_id": 1, "faces": KEY[:1], "rest": [],
+      "at": "2026-12-06T20:00:00Z"}, "to is required"),
     ({"action": "merge", "user_id": "u", "person_id": True, "faces": KEY[:1], "into": 2, "into_faces": KEY[1:2],
       "at": "2026-12-06T20:00:00Z"}, "person_id must be a person id"),
     ("rename", "must be an object"),
@@ -388,3 +400,17 @@ def test_entries_keep_their_source_for_the_summary(tmp_path):
     (entry_,) = load_corrections([str(write(tmp_path, [entry("ignore", "u", 1, faces=KEY[:2] + KEY[:1])]))])
     assert isinstance(entry_, Entry) and entry_.faces == tuple(KEY[:2])  # duplicates dropped
     assert entry_.source == f"{tmp_path / 'c.json'} entry 0" and entry_.at.tzinfo is not None
+
+
+def test_the_id_a_correction_names_comes_first_and_fresh_ids_stay_above_it():
+    from pipeline.person_ids import PreviousPeople, stable_person_ids
+
+    keys = ["a1", "a2", "b1", "b2", "c1", "c2"]
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    previous = PreviousPeople({"a1": 3, "a2": 3, "b1": 4, "b2": 4}, next_id=5)
+    # a correction names cluster 1 as person 3: it takes 3, so cluster 0 (3's faces before) gets a fresh id
+    ids, next_id = stable_person_ids(keys, labels, previous, {1: 3})
+    assert ids.tolist() == [5, 5, 3, 3, 6, 6] and next_id == 7
+    # numbered afresh (--previous none): no fresh id collides with the one the user named
+    ids, next_id = stable_person_ids(keys, labels, None, {2: 1})
+    assert ids.tolist() == [2, 2, 3, 3, 1, 1] and next_id == 4
