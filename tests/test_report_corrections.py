@@ -348,7 +348,7 @@ def test_new_photos_keep_the_corrections(lfw: Path, pipeline_run: dict, persons:
     assert {c["face_key"]: c["person_id"] for c in _read(out, "clusters", OTHER)} == saved["other"]
 
 
-@pytest.mark.xfail(strict=True, reason="as of corrections-core 0e38577 the new photos of two merged people form "
+@pytest.mark.xfail(strict=True, reason="as of corrections-core b58d728 the new photos of two merged people form "
                                        "two people of their own")
 def test_new_photos_of_merged_people_join_them(pipeline_run: dict, persons: dict[str, int], saved: dict) -> None:
     """The user said Donald Rumsfeld and Gerhard Schroeder are one person: new photos of either join it."""
