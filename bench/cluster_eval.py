@@ -12,7 +12,7 @@ embedder (bench/lfw_embed.py, cached by file hash and embedder version):
   * junk     the user libraries with 30% of their photos (seeded) made unrecognisable:
              heavy blur, near-black, cut by the frame, a ~20 px face in a large photo
              (bench/junk.py). Junk faces the detector misses drop out, as in the pipeline.
-Faces whose quality (pipeline.quality, bench/face_quality.py) is below the gate never
+Faces whose quality (core.quality, bench/face_quality.py) is below the gate never
 join a person (as in the pipeline; --no-gate to compare). Parameters are chosen on dev
 identities only (best mean clean-face BCubed F among those that lose no dev suite more
 than 0.005 against the parameters in use): LFW pairsDevTrain.txt identities (users clean and junk, and LFW-dev) and
@@ -46,7 +46,7 @@ from bench.junk import KINDS, junk_path  # noqa: E402
 from bench.lfw_degrade import CACHE as DEGRADED_CACHE, VARIANTS, degraded_path  # noqa: E402
 from bench.lfw_embed import CACHE as EMBED_CACHE, LFW, embed_images  # noqa: E402
 from pipeline.cluster import METHODS, cluster_faces, params_for  # noqa: E402
-from pipeline.quality import GATE  # noqa: E402
+from core.quality import GATE  # noqa: E402
 
 PINS = LFW.parent / "pins50dev"
 #: Share of a junk-mixed library's photos made unrecognisable.

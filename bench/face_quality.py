@@ -1,8 +1,8 @@
-"""Quality (pipeline.quality) of the labelled face of dataset images, as the pipeline would
+"""Quality (core.quality) of the labelled face of dataset images, as the pipeline would
 compute it: MTCNN with the pipeline's default options, the face nearest the image centre,
 measures on the full-resolution photo. Detections (with scores, which bench/lfw_embed's
 cache does not keep) are cached by file hash; measures are recomputed on every call, so
-changing pipeline/quality.py needs no cache flush.
+changing core/quality.py needs no cache flush.
 
     python bench/face_quality.py --dev        # measure distributions: clean dev faces vs junk, per kind
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.lfw_embed import CACHE, NpzCache, _saved_batches  # noqa: E402
 from models.weights import file_sha256  # noqa: E402
 from pipeline.options import DEFAULT_MIN_DET_SCORE, DEFAULT_MIN_FACE_SIZE  # noqa: E402
-from pipeline.quality import BOUNDS, face_measures, quality_of  # noqa: E402
+from core.quality import BOUNDS, face_measures, quality_of  # noqa: E402
 
 
 def detect_with_scores(paths: list[Path], cache_dir: Path = CACHE, batch_size: int = 16,

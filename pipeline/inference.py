@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.decode import encode_jpeg
-from pipeline.quality import QUALITY_VERSION, face_quality
+from core.quality import QUALITY_VERSION, face_quality
 from pipeline.records import DecodedPhoto, Face, PhotoOutcome, describe_error, failed_outcome
 
 if TYPE_CHECKING:  # models (torch) load lazily, where a run needs them

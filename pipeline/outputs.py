@@ -44,7 +44,7 @@ from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.naming import Naming, people_table
 from pipeline.partitions import file_table
 from pipeline.person_ids import PreviousPeople, stable_person_ids
-from pipeline.quality import GATE
+from core.quality import GATE
 from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
 

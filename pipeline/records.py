@@ -97,7 +97,7 @@ class Face:
 
     box: (4,) float32 x1,y1,x2,y2; landmarks: (5,2) float32; embedding: (D,) float32 unit
     norm; thumbnail: JPEG of the aligned chip; quality in [0,1] and, below the gate, the
-    reason (pipeline.quality): low-quality faces never start or join a person.
+    reason (core.quality): low-quality faces never start or join a person.
     """
 
     box: np.ndarray
