@@ -1,5 +1,5 @@
 """The Beam-free core, between models/ (networks, weights) and pipeline/ (Beam): what is
 computed about faces, free of Beam. Imports models/, never pipeline/.
 
-Face quality (quality.py).
+The hot path from decoded pixels to faces (faces.py) and face quality (quality.py).
 """

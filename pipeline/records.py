@@ -84,12 +84,6 @@ class DecodedPhoto:
     def height(self) -> int:
         return int(self.image.shape[0])
 
-    @property
-    def detect_scale(self) -> tuple[float, float]:
-        """(sx, sy) factors from detection-image pixels to full-resolution pixels."""
-        return (self.image.shape[1] / self.detect_image.shape[1],
-                self.image.shape[0] / self.detect_image.shape[0])
-
 
 @dataclass
 class Face:
