@@ -1,5 +1,2 @@
-"""The Beam-free core, between models/ (networks, weights) and pipeline/ (Beam): what is
-computed about faces, free of Beam. Imports models/, never pipeline/.
-
-The hot path from decoded pixels to faces (faces.py) and face quality (quality.py).
-"""
+"""The Beam-free core: decoded pixels -> faces (faces.py), face quality (quality.py), and
+LFW-style datasets through that same path (lfw.py). Imports models/, never pipeline/."""

@@ -1,8 +1,9 @@
 """Decoded pixels -> faces: the one hot path (no Beam, no files).
 
-Every user of faces in pipeline/ goes through here: the pipeline (pipeline.inference
-wraps `faces_of` in RunInference and turns failures into rows), known people, search and
-verification (pipeline.known_people, .search, .verify). Steps:
+Every user of faces goes through here: the pipeline (pipeline.inference wraps `faces_of`
+in RunInference and turns failures into rows), known people, search and verification
+(pipeline.known_people, .search, .verify), fine-tuning (models.train) and the benches
+(through core.lfw for LFW-style datasets). Steps:
 
   detect   one MTCNN call for a batch of photos, each at detection resolution (a copy whose
            longest side is at most --max_detect_side); faces scoring at least

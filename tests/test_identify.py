@@ -4,7 +4,7 @@ Why: these are the user-facing identification features; each must give the right
 on real faces through the real detector + aligner + embedder. Identities come from View-2
 and are not in pairsDevTrain.txt, on which the thresholds were derived.
 Naming runs the whole pipeline (DirectRunner, --known_people) on a small library; search and
-verification libraries are embedded through bench/lfw_embed (computed afresh on a clean machine,
+verification libraries are embedded through core.lfw (computed afresh on a clean machine,
 cached in ~/.cache/facegroup), query and reference photos through the code under test
 (detector included).
 """
@@ -24,8 +24,8 @@ from PIL import Image
 
 from bench.cluster_eval import lfw_identities, pair_names
 from bench.identify_lfw import verify_sample
-from bench.lfw_embed import embed_images
 from core.faces import ALL, CENTRE, LARGEST, main_face
+from core.lfw import embed_images
 from models.embedders import get_embedder
 from models.weights import file_sha256
 from models.mtcnn import MTCNN, Detections
