@@ -6,8 +6,9 @@
 
 Training data: a folder per identity of photos (the face nearest each photo's centre,
 core.faces' CENTRE rule, detected with our MTCNN and aligned with the embedder's AlignSpec
-through the hot path; photos with no face are skipped), of already-aligned chips (--aligned), or the pipeline's faces/ Parquet (aligned
-JPEG thumbnails) plus a CSV `face_key,label`. Batches hold P identities x K faces
+through the hot path; photos with no face are skipped), of already-aligned chips
+(--aligned), or the pipeline's faces/ Parquet (aligned JPEG thumbnails) plus a CSV
+`face_key,label`. Batches hold P identities x K faces
 (identities with a single face cannot form a positive pair and are left out).
 
 Only the last layers are trained by default (--trainable last: the last residual level and
