@@ -35,10 +35,9 @@ ALL = "all"
 #: photo): the face whose box covers most of the photo.
 LARGEST = "largest"
 #: The main face of a dataset crop centred on its labelled face (LFW, pins50dev): the face
-#: nearest the centre. On LFW it differs from LARGEST on 61 of 13,233 images, where a
-#: bystander nearer the camera shows larger than the labelled person.
+#: nearest the centre. On LFW it differs from LARGEST on 61 of 13,233 images, where
+#: another face (someone nearer the camera) shows larger than the labelled person's.
 CENTRE = "centre"
-CHOICES = (ALL, LARGEST, CENTRE)
 
 T = TypeVar("T")
 R = TypeVar("R")
