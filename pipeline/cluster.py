@@ -402,7 +402,7 @@ def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: 
     groups (N,): the photo of each face; two faces of one photo are never one person, nor
     are the two faces of each row pair of cannot_link (P,2). must_link (N,): a group
     number per face (-1 none); each group's faces are one person. eligible (N,) bool:
-    faces that may start or join a person (the quality gate, pipeline.quality); the others
+    faces that may start or join a person (the quality gate, core.quality); the others
     stay unclustered and do not count in the library size.
     Parameters are `params_for(method, embedder_version)`, overridden by params
     (e.g. distance_threshold=0.5).

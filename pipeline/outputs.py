@@ -48,7 +48,7 @@ from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.naming import Naming, people_table
 from pipeline.partitions import file_table
 from pipeline.person_ids import PreviousPeople, stable_person_ids
-from pipeline.quality import GATE
+from core.quality import GATE
 from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
 
@@ -203,7 +203,7 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str, previou
     """clusters/ rows for a user's faces table (sorted by face_key) and its embeddings
     (N,D) (`face_embeddings`), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
-    Faces below the quality gate stay unclustered (pipeline.quality; a null quality, from a
+    Faces below the quality gate stay unclustered (core.quality; a null quality, from a
     table written before it existed, passes).
     Faces of one photo are never one person (cannot-link on photo_sha256); since each new
     cluster takes at most one earlier id, carried-over ids keep that. The user's

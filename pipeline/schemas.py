@@ -44,7 +44,7 @@ def faces_schema(dim: int, lineage: dict | None = None) -> pa.Schema:
         pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
         pa.field("landmarks", pa.list_(pa.float32(), 10), nullable=False),
         pa.field("det_score", pa.float32(), nullable=False),
-        pa.field("quality", pa.float32()),  # pipeline.quality, in [0, 1]; null in tables written before it
+        pa.field("quality", pa.float32()),  # core.quality, in [0, 1]; null in tables written before it
         pa.field("quality_reason", pa.string()),  # why it is below the gate; null = fine
         pa.field("embedder", pa.string(), nullable=False),
         pa.field("embedder_version", pa.string(), nullable=False),

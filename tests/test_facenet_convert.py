@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.lfw_embed import embed_images, read_pairs
+from core.lfw import embed_images, read_pairs
 from models.facenet_convert import keras_h5_state_dict, load_converted, torch_names
 from models.graphdef import read_graphdef
 from models.inception_resnet_v1 import InceptionResnetV1
