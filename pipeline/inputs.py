@@ -18,9 +18,10 @@ only where its links lead inside its user's folder, unless ``--follow_links anyw
 
 The launcher never enumerates the photos (`ListInput`): the graph starts from
 LISTING_SHARDS tiny elements (the input location and a shard number), so its size does
-not depend on the library's. A library folder is listed in two steps, its user folders
-(`ListUsers`, each shard taking the users whose name hashes to it) and, after a
-Reshuffle, each user's photos (`ListUserPhotos`); a manifest is read in chunks
+not depend on the library's. A local library folder is listed in two steps, its user
+folders (`ListUsers`, each shard taking the users whose name hashes to it) and, after a
+Reshuffle, each user's photos (`ListUserPhotos`); an object store has no folders to list,
+only every file under a prefix, which shard 0 lists in one go; a manifest is read in chunks
 (`ReadManifest`: a Parquet file's row groups are shared among the shards, a CSV is
 streamed by shard 0). Why shards rather than one element: Beam's DaskRunner partitions a
 pipeline only where it starts (its Create), and one element would put the whole run on
@@ -51,7 +52,7 @@ MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 MANIFEST_COLUMNS = ("user_id", "path")
 READ_CHUNK = 8 << 20
 #: Elements the graph starts from; at least as many as Dask partitions one would ask for.
-LISTING_SHARDS = 64
+LISTING_SHARDS = 256
 #: Manifest rows read at a time (bounded memory for any manifest size).
 MANIFEST_CHUNK_ROWS = 65536
 
@@ -71,7 +72,7 @@ class ListingShard:
 
 @dataclass(frozen=True)
 class UserFolder:
-    """A top-level folder of a library (a user, or files to report as skipped)."""
+    """A top-level folder of a local library (a user, or files to report as skipped)."""
 
     root: str
     name: str
@@ -100,21 +101,16 @@ def no_photos(location: str, skipped: int) -> NoPhotos:
     return NoPhotos(f"--input {location}: no photos found (expected {layout}; {skipped} skipped)")
 
 
-def list_user_folders(shard: ListingShard) -> Iterator[UserFolder | Skipped]:
+def list_user_folders(shard: ListingShard) -> Iterator[UserFolder | PhotoRef | Skipped]:
     """This shard's top-level entries of a library root: a UserFolder per folder, a Skipped
     item per link to a folder and per file (no user's photo). An object store has no
-    folders to list: shard 0 finds the user prefixes in one listing of every file."""
-    root, prefix = shard.location, shard.location.rstrip("/") + "/"
+    folders to list, only every file under a prefix: there shard 0 lists them all and
+    yields their PhotoRefs (or Skipped items) itself."""
+    root = shard.location
     if "://" in root:
         if shard.shard == 0:
-            users: set[str] = set()
             for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
-                rel = meta.path[len(prefix):]
-                if "/" in rel:
-                    users.add(rel.split("/", 1)[0])
-                else:
-                    yield library_ref(meta.path, root)
-            yield from (UserFolder(root, name) for name in sorted(users))
+                yield library_ref(meta.path, root)
         return
     try:
         entries = list(os.scandir(root))
@@ -138,15 +134,11 @@ def list_user_folders(shard: ListingShard) -> Iterator[UserFolder | Skipped]:
 
 
 def list_user_photos(folder: UserFolder, confine_links: bool = True) -> Iterator[PhotoRef | Skipped]:
-    """Every file under one user folder as a PhotoRef (or Skipped when the folder's name is
-    no valid user id). Locally every non-folder entry counts (FIFOs, broken links and link
+    """Every file under one local user folder as a PhotoRef (or Skipped when the folder's
+    name is no valid user id). Every non-folder entry counts (FIFOs, broken links and link
     loops included: they fail at read), links to folders and folders that cannot be listed
     are Skipped; with confine_links each photo may be read only inside its user's folder."""
-    top = FileSystems.join(folder.root, folder.name) if "://" in folder.root else os.path.join(folder.root, folder.name)
-    if "://" in folder.root:
-        for meta in FileSystems.match([FileSystems.join(top, "**")])[0].metadata_list:
-            yield library_ref(meta.path, folder.root)
-        return
+    top = os.path.join(folder.root, folder.name)
     prefix = folder.root.rstrip("/") + "/"
     unlistable: list[Skipped] = []
 
@@ -249,23 +241,24 @@ def _check_columns(columns: list[str], manifest: str) -> None:
 
 
 class ListUsers(beam.DoFn):
-    """ListingShard -> UserFolder (one per top-level folder of its share) or Skipped."""
+    """ListingShard -> UserFolder (one per top-level folder of its share) or Skipped (or,
+    for an object store, PhotoRef: see list_user_folders)."""
 
-    def process(self, shard: ListingShard) -> Iterable[UserFolder | Skipped]:
+    def process(self, shard: ListingShard) -> Iterable[UserFolder | PhotoRef | Skipped]:
         yield from list_user_folders(shard)
 
 
 class ListUserPhotos(beam.DoFn):
-    """UserFolder -> PhotoRef per file (or Skipped); Skipped items of ListUsers pass through."""
+    """UserFolder -> PhotoRef per file (or Skipped); what ListUsers listed itself passes through."""
 
     def __init__(self, confine_links: bool) -> None:
         self.confine_links = confine_links
 
-    def process(self, item: UserFolder | Skipped) -> Iterable[PhotoRef | Skipped]:
-        if isinstance(item, Skipped):
-            yield item
-        else:
+    def process(self, item: UserFolder | PhotoRef | Skipped) -> Iterable[PhotoRef | Skipped]:
+        if isinstance(item, UserFolder):
             yield from list_user_photos(item, self.confine_links)
+        else:
+            yield item
 
 
 class ReadManifest(beam.DoFn):

@@ -245,10 +245,15 @@ def finalise(output: str, run_id: str) -> list[UserStats]:
                 temp_files.append(meta.path)
         if stale_folders or temp_files:
             FileSystems.delete(sorted(stale_folders) + temp_files)
+    drop_run_records(output)
+    return users
+
+
+def drop_run_records(output: str) -> None:
+    """Remove the per-run records the workers left for the launcher."""
     runs = FileSystems.join(output, RUNS)
     if FileSystems.exists(runs):
         FileSystems.delete([runs])
-    return users
 
 
 def in_process_runner(options: PipelineOptions) -> str:
@@ -342,6 +347,7 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     progress.step = "finalising the output"
     listed, skipped = read_listing(opts.output, run_id)
     if not listed:
+        drop_run_records(opts.output)
         raise no_photos(opts.input, skipped["count"])
     users = finalise(opts.output, run_id)
     summary = RunSummary(run_id, runner, opts.output, sum(listed.values()), wall,

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.inputs import ListingShard, UserFolder, list_user_folders, list_user_photos, manifest_rows
 from pipeline.plan import batches, skipped_summary
 from pipeline.records import PhotoRef, Skipped
+from pipeline.run import main
 from tests.conftest import REPO
 
 #: Builds the pipeline as the launcher does (options validated, embedder loaded, progress
@@ -124,3 +125,13 @@ def test_batches_keep_reusable_photos_apart_and_skipped_entries_are_summarised()
     summary = skipped_summary(skipped)
     assert summary["count"] == 150 and summary["reasons"] == {"empty user id": 75, "not inside a user folder": 75}
     assert [e["path"] for e in summary["examples"]] == [f"{i:03d}" for i in range(1, 101)]
+
+
+def test_a_library_without_photos_fails_in_one_line_once_listed(tmp_path, capsys):
+    """The launcher learns that nothing was listed only from the graph's records."""
+    (tmp_path / "library" / "ann").mkdir(parents=True)
+    (tmp_path / "library" / "notes.txt").write_text("no user's photo\n")
+    assert main(["--input", str(tmp_path / "library"), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --input {tmp_path / 'library'}: no photos found (expected files in <root>/<user_id>/; 1 skipped)")
+    assert os.listdir(tmp_path / "out") == []
