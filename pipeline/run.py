@@ -56,9 +56,9 @@ from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.output_probe import probe_output
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
+from pipeline.plan import Batch, PlanUsers, SpreadBatches, read_listing
 from pipeline.progress import CountingModelHandler, ProgressPrinter, ProgressRecorder
 from pipeline.records import PhotoOutcome
-from pipeline.plan import Batch, PlanUsers, SpreadBatches, read_listing
 from pipeline.report import build_report
 from pipeline.reuse import PreviousPart, ReadPrevious, resolve_previous
 from pipeline.run_lock import RunLock, acquire
@@ -86,6 +86,7 @@ def is_batch(item: Batch | PreviousPart) -> bool:
 
 
 def is_previous_part(item: Batch | PreviousPart) -> bool:
+    """Whether a PlanUsers output is a user's PreviousPart."""
     return isinstance(item, PreviousPart)
 
 
