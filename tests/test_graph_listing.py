@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from pipeline.inputs import ListingShard, UserFolder, list_user_folders, list_user_photos, manifest_rows
 from pipeline.plan import batches, skipped_summary
 from pipeline.records import PhotoRef, Skipped
-from pipeline.run import main
-from tests.conftest import REPO
+from pipeline.run import main, run
+from tests.conftest import REPO, lfw_image
 
 #: Builds the pipeline as the launcher does (options validated, embedder loaded, progress
 #: recorder) without running it; prints the serialized graph's size and the peak RSS (VmHWM:
@@ -135,3 +135,18 @@ def test_a_library_without_photos_fails_in_one_line_once_listed(tmp_path, capsys
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: --input {tmp_path / 'library'}: no photos found (expected files in <root>/<user_id>/; 1 skipped)")
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_parquet_manifest_read_by_several_shards_runs_end_to_end(lfw, tmp_path):
+    """One row per row group, so the rows are read by different shards; a path listed
+    twice is written once and counted as a duplicate listing."""
+    for name, index in (("Colin_Powell", 1), ("Tony_Blair", 1), ("Tony_Blair", 2)):
+        (tmp_path / f"{name}_{index}.jpg").write_bytes(lfw_image(lfw, name, index).read_bytes())
+    rows = [("ann", "Colin_Powell_1.jpg"), ("bob", "Tony_Blair_1.jpg"), ("bob", "Tony_Blair_2.jpg"),
+            ("bob", "Tony_Blair_2.jpg"), ("../eve", "Colin_Powell_1.jpg")]
+    pq.write_table(pa.table({"user_id": [u for u, _ in rows], "path": [p for _, p in rows]}),
+                   tmp_path / "manifest.parquet", row_group_size=1)
+    summary = run(["--input", str(tmp_path / "manifest.parquet"), "--output", str(tmp_path / "out")])
+    assert (summary.listed, summary.photos, summary.total("with_faces")) == (4, 3, 3)
+    assert summary.total("duplicate_listings") == 1 and summary.skipped["count"] == 1
+    assert sorted(u.user_id for u in summary.users) == ["ann", "bob"]
