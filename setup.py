@@ -14,7 +14,7 @@ setup(
     version="0.1.0",
     description="Batch pipeline that turns photo libraries into people albums",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "models", "models.*"]),
+    packages=find_packages(include=["core", "core.*", "pipeline", "pipeline.*", "models", "models.*"]),
     package_data={"pipeline": ["report_assets/*"]},
     install_requires=[
         "torch>=2.1",

@@ -1,7 +1,7 @@
 """Choose the dlib-resnet alignment and test-time augmentation on LFW View-1 only.
 
 The centre face of every View-1 image (pairsDevTrain + pairsDevTest) is detected once
-(bench/lfw_embed's cache); each candidate is then scored by 10-fold cross-validation over
+(core.lfw's cache); each candidate is then scored by 10-fold cross-validation over
 all 3,200 View-1 pairs (each fold's threshold chosen on the other 9), by DevTest accuracy
 at the DevTrain threshold and by the ROC AUC of all View-1 pairs. View-2 (pairs.txt) is
 never read. Candidates:
@@ -35,13 +35,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fit_dlib_template import dlib_chip_transform, dlib_models_dir  # noqa: E402
-from bench.lfw_embed import CACHE, detect_centre_faces  # noqa: E402
-from bench.lfw_verify import View1  # noqa: E402
+from core.lfw import CACHE, View1, detect_centre_faces, read_rgb  # noqa: E402
 from models.align import box_transform, similarity_transform, warp_faces  # noqa: E402
 from models.embedders import DLIB_TEMPLATE, Embedder, get_embedder  # noqa: E402
 
@@ -162,7 +160,7 @@ def main() -> None:
     landmarks = np.stack([f["landmarks"] for f in faces]).astype(np.float64)
     boxes = np.stack([f["box"] for f in faces]).astype(np.float64)
     print(f"View-1 images {len(paths)}, MTCNN undetected {sum(not f['detected'] for f in faces)}")
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = [read_rgb(p) for p in paths]
     base = get_embedder("dlib-resnet")
     model = Embedder(dataclasses.replace(base.config, flip=False), base.network, base.version.split("/")[0])
 

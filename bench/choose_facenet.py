@@ -1,7 +1,7 @@
 """Choose each FaceNet checkpoint's crop, standardisation and mirror averaging, and the
 ensemble's members, on LFW View-1 only (pairsDevTrain + pairsDevTest; View-2 is never read).
 
-The centre face of every View-1 image is detected once (bench/lfw_embed's cache). Each
+The centre face of every View-1 image is detected once (core.lfw's cache). Each
 candidate is scored as in bench/choose_alignment.py: 10-fold cross-validation over the
 3,200 View-1 pairs (each fold's threshold chosen on the other 9), DevTest accuracy at the
 DevTrain threshold, and the ROC AUC of all View-1 pairs. Candidates per checkpoint:
@@ -20,8 +20,9 @@ then ensembles of the chosen single models (dlib-resnet with its own chosen prep
 "equal" concatenates the unit embeddings (each member's squared distance counts alike),
 "units" divides each by its member's verification threshold on DevTrain first (each
 member's distance counts in units of its own decision boundary). Each candidate's embeddings
-are cached by bench/lfw_embed under its own embedder version, so the chosen one is reused
-by bench/lfw_verify.py and bench/identify_lfw.py.
+are cached by core.lfw under its own embedder version, so the chosen one is reused
+by bench/lfw_verify.py and bench/identify_lfw.py. Last, the ensemble as it runs (each member
+in bfloat16 arithmetic where the CPU has it) against the same members in float32.
 
     python bench/choose_facenet.py
 """
@@ -35,8 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import embed_images  # noqa: E402
-from bench.lfw_verify import View1  # noqa: E402
+from core.lfw import View1, embed_images  # noqa: E402
 from models.align import AlignSpec  # noqa: E402
 from models.embedders import Embedder, get_embedder  # noqa: E402
 
@@ -46,7 +46,7 @@ CROPS = {"pm32": AlignSpec("box", 160, margin=32.0, margin_space="photo", tag="b
 
 def candidate(model: Embedder, crop: str, prewhiten: bool, flip: bool) -> Embedder:
     """`model`'s network with another preprocessing (its version names it, so each
-    candidate's embeddings are cached apart by bench/lfw_embed)."""
+    candidate's embeddings are cached apart by core.lfw)."""
     config = dataclasses.replace(model.config, align=CROPS[crop], prewhiten=prewhiten, flip=flip,
                                  mean=(127.5, 127.5, 127.5), scale=128.0)
     return Embedder(config, model.network, model.version.split("/")[0])
@@ -93,6 +93,11 @@ def main() -> None:
     plain = single_pass["facenet-msceleb"]
     report("dlib-resnet+msceleb(no mirror) units", unit(np.concatenate(
         [chosen["dlib-resnet"] / units["dlib-resnet"], plain / view1.train_threshold(plain)], axis=1)))
+    # The ensemble as it runs: its members in bfloat16 where the CPU has it (models.embedders).
+    ensemble = get_embedder("ensemble")
+    for member in ensemble.members:
+        report(f"{member.name} in {str(member.dtype).removeprefix('torch.')}", embed_images(paths, member)[0])
+    report("ensemble as run", embed_images(paths, ensemble, progress=True)[0])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Face clustering quality: user-shaped libraries of LFW and pins50dev, all of LFW, junk.
 
 Libraries, all built from real photos embedded through the real detector + aligner +
-embedder (bench/lfw_embed.py, cached by file hash and embedder version):
+embedder (core.lfw, cached by file hash and embedder version):
   * users    seeded long-tailed libraries: per user a few people with many photos and
              many with one or two (LFW: 30-60 people; pins50dev, 24 photos of each of 50
              people: 15-25 people drawn from one fold's 25);
@@ -12,7 +12,7 @@ embedder (bench/lfw_embed.py, cached by file hash and embedder version):
   * junk     the user libraries with 30% of their photos (seeded) made unrecognisable:
              heavy blur, near-black, cut by the frame, a ~20 px face in a large photo
              (bench/junk.py). Junk faces the detector misses drop out, as in the pipeline.
-Faces whose quality (pipeline.quality, bench/face_quality.py) is below the gate never
+Faces whose quality (core.quality, bench/face_quality.py) is below the gate never
 join a person (as in the pipeline; --no-gate to compare). Parameters are chosen on dev
 identities only (best mean clean-face BCubed F among those that lose no dev suite more
 than 0.005 against the parameters in use): LFW pairsDevTrain.txt identities (users clean and junk, and LFW-dev) and
@@ -44,9 +44,9 @@ from bench.cluster_metrics import JunkScores, Scores, junk_scores, mean_scores, 
 from bench.face_quality import qualities  # noqa: E402
 from bench.junk import KINDS, junk_path  # noqa: E402
 from bench.lfw_degrade import CACHE as DEGRADED_CACHE, VARIANTS, degraded_path  # noqa: E402
-from bench.lfw_embed import CACHE as EMBED_CACHE, LFW, embed_images  # noqa: E402
+from core.lfw import CACHE as EMBED_CACHE, LFW, View1, embed_images  # noqa: E402
+from core.quality import GATE  # noqa: E402
 from pipeline.cluster import METHODS, cluster_faces, params_for  # noqa: E402
-from pipeline.quality import GATE  # noqa: E402
 
 PINS = LFW.parent / "pins50dev"
 #: Share of a junk-mixed library's photos made unrecognisable.
@@ -347,8 +347,6 @@ def main(argv: list[str] | None = None) -> None:
 def distance_unit(embedder: str, lfw: Path = LFW) -> float:
     """The embedder's verification threshold on View-1 DevTrain pairs (best accuracy):
     its own scale of "same person", measured without any test identity."""
-    from bench.lfw_verify import View1
-
     view1 = View1(lfw)
     return view1.train_threshold(embed_images(view1.paths, embedder)[0])
 

@@ -1,6 +1,6 @@
 """Time and memory of clustering one user's faces at 10k, 30k and 100k faces.
 
-Faces are the real LFW embeddings (bench/lfw_embed.py cache: all 13,233 images through
+Faces are the real LFW embeddings (core.lfw's cache: all 13,233 images through
 the real detector + aligner + embedder); sizes beyond that are reached with seeded
 perturbed copies of them (each copy = an LFW embedding plus isotropic noise, re-normalised,
 labelled as the same person), which the output says. Each run happens in a fresh process
@@ -64,7 +64,7 @@ def _run_one(data: Path, method: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from bench.cluster_eval import lfw_identities
-    from bench.lfw_embed import LFW, embed_images
+    from core.lfw import LFW, embed_images
     from pipeline.cluster import DEFAULT_METHOD, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,8 @@
-"""Quality (pipeline.quality) of the labelled face of dataset images, as the pipeline would
+"""Quality (core.quality) of the labelled face of dataset images, as the pipeline would
 compute it: MTCNN with the pipeline's default options, the face nearest the image centre,
-measures on the full-resolution photo. Detections (with scores, which bench/lfw_embed's
+measures on the full-resolution photo. Detections (with scores, which core.lfw's embedding
 cache does not keep) are cached by file hash; measures are recomputed on every call, so
-changing pipeline/quality.py needs no cache flush.
+changing core/quality.py needs no cache flush.
 
     python bench/face_quality.py --dev        # measure distributions: clean dev faces vs junk, per kind
 """
@@ -13,37 +13,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import CACHE, NpzCache, _saved_batches  # noqa: E402
-from models.weights import file_sha256  # noqa: E402
+from core.lfw import CACHE, NpzCache, centre_faces, read_rgb  # noqa: E402
+from core.quality import BOUNDS, face_measures, quality_of  # noqa: E402
+from models.mtcnn import MTCNN  # noqa: E402
 from pipeline.options import DEFAULT_MIN_DET_SCORE, DEFAULT_MIN_FACE_SIZE  # noqa: E402
-from pipeline.quality import BOUNDS, face_measures, quality_of  # noqa: E402
 
 
 def detect_with_scores(paths: list[Path], cache_dir: Path = CACHE, batch_size: int = 16,
                        progress: bool = False) -> list[dict[str, np.ndarray]]:
     """Per image: box (4,), landmarks (5,2), score () and detected () of the face nearest
     its centre among detections the pipeline keeps (score >= its default minimum)."""
-    from models.mtcnn import MTCNN, Detections, centre_face
-
-    cache = NpzCache(cache_dir / f"detections-scored-mtcnn-v1-min{DEFAULT_MIN_FACE_SIZE}.npz")
-    keys = [file_sha256(p) for p in paths]
-    todo = sorted({k: p for k, p in zip(keys, paths) if k not in cache.entries}.items())
-    detector = MTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE) if todo else None
-    for chunk in _saved_batches(todo, batch_size, cache, "detected (scored)" if progress else None):
-        images = [np.asarray(Image.open(p).convert("RGB")) for _, p in chunk]
-        for (key, _), image, det in zip(chunk, images, detector.detect(images)):
-            keep = det.scores >= DEFAULT_MIN_DET_SCORE
-            kept = Detections(boxes=det.boxes[keep], scores=det.scores[keep], landmarks=det.landmarks[keep])
-            i = centre_face(kept, image.shape[1], image.shape[0])
-            cache.entries[key] = {"box": kept.boxes[i] if i is not None else np.zeros(4, np.float32),
-                                  "landmarks": kept.landmarks[i] if i is not None else np.zeros((5, 2), np.float32),
-                                  "score": np.float32(kept.scores[i] if i is not None else 0.0),
-                                  "detected": np.array(i is not None)}
-    return [cache.entries[k] for k in keys]
+    return centre_faces(paths, NpzCache(cache_dir / f"detections-scored-mtcnn-v1-min{DEFAULT_MIN_FACE_SIZE}.npz"),
+                        lambda: MTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE), DEFAULT_MIN_DET_SCORE,
+                        ("box", "landmarks", "score", "detected"), batch_size,
+                        "detected (scored)" if progress else None)
 
 
 def qualities(paths: list[Path], progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -56,7 +42,7 @@ def qualities(paths: list[Path], progress: bool = False) -> tuple[np.ndarray, np
     reason = np.full(len(paths), "", dtype=object)
     for i, (path, f) in enumerate(zip(paths, found)):
         if detected[i]:
-            m = face_measures(np.asarray(Image.open(path).convert("RGB")), f["landmarks"], float(f["score"]))
+            m = face_measures(read_rgb(path), f["landmarks"], float(f["score"]))
             measures[i] = [m[k] for k in BOUNDS]
             quality[i], why = quality_of(m)
             reason[i] = why or ""

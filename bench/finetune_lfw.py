@@ -4,7 +4,7 @@ DevTest verification accuracy before and after.
 Training data: every image of every identity named in pairsDevTrain.txt (View-1's DevTest
 identities are disjoint from them; checked), centre face detected by our MTCNN and aligned
 with the embedder's AlignSpec; images without a detection are left out of training. The
-detections come from bench/lfw_embed's cache (shared with bench/lfw_verify; MTCNN runs
+detections come from core.lfw's cache (shared with bench/lfw_verify; MTCNN runs
 only for images missing there), so both benches see the same faces.
 Evaluation: View-1 protocol of bench/lfw_verify --view1 (threshold chosen on DevTrain
 pairs, accuracy on DevTest pairs), plus DevTest ROC AUC, which needs no threshold. Note the
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device(args.device)
     embedder = get_embedder("dlib-resnet", device)
-    aligner = LfwCentreFaces(embedder.align)
+    aligner = LfwCentreFaces(embedder)
     faces = load_folder_tree(args.lfw, embedder.align, aligner, identities=train_ids)
     t_chips = time.perf_counter() - start
     split = SplitNetwork(embedder.network, args.trainable)

@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import LFW, read_pairs  # noqa: E402
+from core.faces import CENTRE, Pixels, detect, main_face, succeeded  # noqa: E402
+from core.lfw import LFW, read_pairs, read_rgb  # noqa: E402
 from models.align import warp_faces  # noqa: E402
-from models.mtcnn import MTCNN, centre_face  # noqa: E402
+from models.mtcnn import MTCNN  # noqa: E402
 from models.weights import REGISTRY  # noqa: E402
 
 
@@ -58,9 +58,9 @@ def main() -> None:
     paths = sorted({p for a, b, _ in pairs for p in (a, b)})[:args.limit]
     samples, pixel_err = [], []
     for start in range(0, len(paths), 32):
-        images = [np.asarray(Image.open(p).convert("RGB")) for p in paths[start:start + 32]]
-        for image, det in zip(images, mtcnn.detect(images)):
-            i = centre_face(det, image.shape[1], image.shape[0])
+        images = [read_rgb(p) for p in paths[start:start + 32]]
+        for image, det in zip(images, succeeded(detect(mtcnn, [Pixels.full(im) for im in images], 0.0))):
+            i = main_face(det, image.shape[1], image.shape[0], CENTRE)
             rects = detector(image, 1)
             if i is None or not rects:
                 continue

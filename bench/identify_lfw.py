@@ -1,7 +1,7 @@
 """Derive the verification and naming thresholds on LFW View-1, measure them on View-2.
 
 Verification: the threshold maximising accuracy on pairsDevTrain.txt (View-1 training
-pairs, bench/lfw_verify.best_threshold); reported: DevTest accuracy, and on the 6,000
+pairs, core.lfw.best_threshold); reported: DevTest accuracy, and on the 6,000
 View-2 pairs (pairs.txt) the false-accept rate (different pairs at distance < threshold),
 the false-reject rate (same pairs at distance >= threshold) and accuracy; then the
 agreement of the decision with the label on 500 seeded View-2 pairs (tests/test_identify.py
@@ -33,8 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cluster_eval import Library, lfw_identities, pair_names, user_libraries  # noqa: E402
-from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
-from bench.lfw_verify import best_threshold, pair_distances  # noqa: E402
+from core.lfw import LFW, best_threshold, embed_images, pair_distances, read_pairs  # noqa: E402
 from models.embedders import FaceEmbedder, get_embedder  # noqa: E402
 from pipeline.cluster import cluster_faces  # noqa: E402
 from pipeline.cluster import cluster_means  # noqa: E402

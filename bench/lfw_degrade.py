@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import LFW  # noqa: E402
+from core.lfw import LFW  # noqa: E402
 
 CACHE = Path(os.environ.get("FACEGROUP_CACHE", Path.home() / ".cache" / "facegroup")) / "degraded"
 #: Median MTCNN box width (px) of the labelled face in a 250 x 250 LFW image (measured on every 400th image).

@@ -6,7 +6,7 @@ View-1 (--view1): threshold chosen on pairsDevTrain.txt, accuracy on pairsDevTes
 every choice that affects accuracy (alignment, augmentation) is made with this mode only.
 
 The labelled face is the detection nearest the image centre; images with no detection
-are embedded from the mean landmark positions of detected LFW faces (see lfw_embed) and
+are embedded from the mean landmark positions of detected LFW faces (see core.lfw) and
 counted as undetected. By default every LFW image is embedded (so the detection rate
 covers all 13,233 images); --pairs-only embeds just the images the pairs use.
 
@@ -24,64 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lfw_embed import LFW, embed_images, read_pairs  # noqa: E402
-
-
-def best_threshold(dist: np.ndarray, same: np.ndarray) -> float:
-    """Distance threshold (same person iff dist < t) maximising accuracy on (dist, same)."""
-    order = np.sort(dist)
-    candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
-    acc = [np.mean((dist < t) == same) for t in candidates]
-    return float(candidates[int(np.argmax(acc))])
-
-
-def fold_accuracies(dist: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold accuracy and threshold, each threshold chosen on the other folds."""
-    accs, thresholds = [], []
-    for k in np.unique(folds):
-        train = folds != k
-        t = best_threshold(dist[train], same[train])
-        accs.append(np.mean((dist[~train] < t) == same[~train]))
-        thresholds.append(t)
-    return np.array(accs), np.array(thresholds)
-
-
-def pair_distances(pairs: list[tuple[Path, Path, bool]], lookup: dict[Path, np.ndarray]) -> np.ndarray:
-    """Euclidean distance of each pair's two embeddings."""
-    return np.array([np.linalg.norm(lookup[a] - lookup[b]) for a, b, _ in pairs])
-
-
-class View1:
-    """LFW View-1 as the choice benches use it: the 3,200 pairs of pairsDevTrain +
-    pairsDevTest and their images; `score` rates embeddings of those images by 10-fold
-    cross-validation (each fold's threshold chosen on the other 9), DevTest accuracy at the
-    DevTrain threshold, and the ROC AUC of all pairs."""
-
-    def __init__(self, root: Path = LFW) -> None:
-        self.train, _ = read_pairs(root / "pairsDevTrain.txt", root)
-        self.test, _ = read_pairs(root / "pairsDevTest.txt", root)
-        self.pairs = self.train + self.test
-        self.same = np.array([s for *_, s in self.pairs])
-        self.is_test = np.array([0] * len(self.train) + [1] * len(self.test))
-        self.folds = np.arange(len(self.pairs)) % 10
-        self.paths = sorted({p for a, b, _ in self.pairs for p in (a, b)})
-
-    def train_threshold(self, embeddings: np.ndarray) -> float:
-        """The best-accuracy threshold on the DevTrain pairs of embeddings (len(paths), D)."""
-        dist = pair_distances(self.pairs, dict(zip(self.paths, embeddings)))
-        return best_threshold(dist[self.is_test == 0], self.same[self.is_test == 0])
-
-    def score(self, name: str, embeddings: np.ndarray) -> float:
-        """Print the scores of embeddings (len(paths), D) of `paths`; return the 10-fold mean."""
-        from sklearn.metrics import roc_auc_score
-
-        dist = pair_distances(self.pairs, dict(zip(self.paths, embeddings)))
-        cv, _ = fold_accuracies(dist, self.same, self.folds)
-        threshold = self.train_threshold(embeddings)
-        dev_test = np.mean((dist[self.is_test == 1] < threshold) == self.same[self.is_test == 1])
-        print(f"{name:34s} View-1 10-fold {cv.mean():.4f} +- {cv.std():.4f}; DevTest {dev_test:.4f} "
-              f"(t={threshold:.3f}); AUC {roc_auc_score(self.same, -dist):.5f}", flush=True)
-        return float(cv.mean())
+from core.lfw import LFW, best_threshold, embed_images, fold_accuracies, pair_distances, read_pairs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,15 +77,19 @@ class Embedder:
 
     def __init__(self, config: EmbedderConfig, network: nn.Module, weights_id: str,
                  device: str | torch.device = "cpu", batch_size: int = 64,
-                 lineage: dict | None = None, channels_last: bool = False) -> None:
+                 lineage: dict | None = None, channels_last: bool = False, bf16: bool = False) -> None:
         self.config = config
         self.lineage = lineage  # where fine-tuned weights came from (models.finetuned); else None
         self.device = resolve_device(device)
         #: NHWC activations: oneDNN's fast layout for plain convolutions (~1.3-2x on the
         #: CPU for Inception-ResNet-v1; same numbers up to float rounding).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.network = network.to(self.device, memory_format=self.memory_format).eval()
-        self.version = f"{weights_id}/{config.preprocessing}"
+        self.version = f"{weights_id}/{config.preprocessing}" + ("+bf16" if bf16 else "")
+        #: bfloat16 weights and activations (8 bits of mantissa; oneDNN and cuDNN sum the
+        #: products in float32), where the device computes them natively (bf16_native);
+        #: float32 elsewhere, within 1% of the unit norm of the same embedding.
+        self.dtype = torch.bfloat16 if bf16 and bf16_native(self.device) else torch.float32
+        self.network = network.to(self.device, self.dtype, memory_format=self.memory_format).eval()
         self.batch_size = batch_size
 
     name = property(lambda self: self.config.name)
@@ -120,11 +124,12 @@ class Embedder:
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
                 x = torch.from_numpy(chips[start:start + self.batch_size]).to(self.device)
-                x = self.normalise(x.permute(0, 3, 1, 2).float()).contiguous(memory_format=self.memory_format)
+                x = self.normalise(x.permute(0, 3, 1, 2).float())
+                x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
                 if self.config.flip:  # one call on the chips and their mirrors, then average
-                    y = self.network(torch.cat([x, x.flip(3)])).view(2, len(x), -1).sum(0)
+                    y = self.network(torch.cat([x, x.flip(3)])).float().view(2, len(x), -1).sum(0)
                 else:
-                    y = self.network(x)
+                    y = self.network(x).float()
                 out[start:start + len(x)] = torch.nn.functional.normalize(y, dim=1).cpu().numpy()
         return out
 
@@ -139,6 +144,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` has bfloat16 arithmetic in hardware (a CUDA GPU that supports it, a
+    CPU with AVX512-BF16 or AMX-BF16): elsewhere bfloat16 is emulated, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities()
+    return device.type == "cpu" and bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 CONFIGS = {c.name: c for c in (
     # Mirror averaging chosen on View-1 (bench/choose_alignment.py, bench/RESULTS.md).
     EmbedderConfig("dlib-resnet", 128, DLIB_ALIGN, (122.782, 117.001, 104.298), 256.0, flip=True),
@@ -151,13 +165,13 @@ CONFIGS = {c.name: c for c in (
 )}
 
 
-def _dlib_resnet(device: str | torch.device, weights: str | None) -> Embedder:
+def _dlib_resnet(device: str | torch.device, weights: str | None, bf16: bool = False) -> Embedder:
     from models import weights as registry
     from models.dlib_resnet import load_dlib_resnet
 
     path = registry.resolve("dlib-resnet", weights)
     return Embedder(CONFIGS["dlib-resnet"], load_dlib_resnet(path),
-                    f"dlib-v1-{registry.file_sha256(path)[:12]}", device)
+                    f"dlib-v1-{registry.file_sha256(path)[:12]}", device, channels_last=True, bf16=bf16)
 
 
 def _facenet(device: str | torch.device, weights: str | None) -> Embedder:
@@ -167,14 +181,14 @@ def _facenet(device: str | torch.device, weights: str | None) -> Embedder:
     return Embedder(CONFIGS["facenet"], network, weights_id, device)
 
 
-def _converted(name: str) -> Callable[[str | torch.device, str | None], FaceEmbedder]:
+def _converted(name: str) -> Callable[..., Embedder]:
     """Loader of a davidsandberg checkpoint converted by models.facenet_convert."""
 
-    def load(device: str | torch.device, weights: str | None) -> Embedder:
+    def load(device: str | torch.device, weights: str | None, bf16: bool = False) -> Embedder:
         from models.facenet_convert import load_converted
 
         network, weights_id = load_converted(name, weights)
-        return Embedder(CONFIGS[name], network, weights_id, device, channels_last=True)
+        return Embedder(CONFIGS[name], network, weights_id, device, channels_last=True, bf16=bf16)
 
     return load
 
@@ -241,7 +255,7 @@ def _ensemble(device: str | torch.device, weights: str | None) -> FaceEmbedder:
     if weights is not None:
         raise ValueError("--embedder_weights does not apply to the ensemble: its members load "
                          "their own published weights")
-    return EnsembleEmbedder([EMBEDDERS[n](device, None) for n, _ in ENSEMBLE_MEMBERS],
+    return EnsembleEmbedder([EMBEDDERS[n](device, None, bf16=True) for n, _ in ENSEMBLE_MEMBERS],
                             tuple(u for _, u in ENSEMBLE_MEMBERS))
 
 

@@ -62,15 +62,6 @@ class Detections:
         return int(self.scores.shape[0])
 
 
-def centre_face(det: Detections, width: int, height: int) -> int | None:
-    """Index of the detection whose box centre is nearest the image centre (None if none)."""
-    if len(det) == 0:
-        return None
-    centres = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2
-    dist = ((centres - np.array([width / 2, height / 2], np.float32)) ** 2).sum(axis=1)
-    return int(np.argmin(dist))
-
-
 def _max_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
     """max_pool2d(x, kernel, stride=2, ceil_mode=True) of x (N,C,H,W), kernel 2 or 3, as
     strided maxima: same values, 2-8x faster on CPU than torch's kernels, NCHW or

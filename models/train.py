@@ -4,10 +4,11 @@
     python -m models.train --faces OUT/faces --labels labels.csv --out runs/ft2
     python -m models.train ... --resume runs/ft1/last.pt --epochs 20   # continue
 
-Training data: a folder per identity of photos (the face nearest each photo's centre is
-detected with our MTCNN and aligned with the embedder's AlignSpec; photos with no face are
-skipped), of already-aligned chips (--aligned), or the pipeline's faces/ Parquet (aligned
-JPEG thumbnails) plus a CSV `face_key,label`. Batches hold P identities x K faces
+Training data: a folder per identity of photos (the face nearest each photo's centre,
+core.faces' CENTRE rule, detected with our MTCNN and aligned with the embedder's AlignSpec
+through the hot path; photos with no face are skipped), of already-aligned chips
+(--aligned), or the pipeline's faces/ Parquet (aligned JPEG thumbnails) plus a CSV
+`face_key,label`. Batches hold P identities x K faces
 (identities with a single face cannot form a positive pair and are left out).
 
 Only the last layers are trained by default (--trainable last: the last residual level and
@@ -26,7 +27,6 @@ import csv
 import datetime
 import hashlib
 import io
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,15 +40,17 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from models.align import AlignSpec, align_faces
+from core.faces import CENTRE, Pixels, align, choose, detect, succeeded
+from core.lfw import CACHE, LFW, best_threshold, detect_centre_faces, labelled_inputs, read_pairs, read_rgb
+from models.align import AlignSpec
 from models.embedders import Embedder, get_embedder, resolve_device
 from models.finetuned import FINETUNABLE, read_checkpoint, save_checkpoint
+from models.mtcnn import MTCNN
 from models.triplet import MINING, LossOutput, SoftmaxCenterLoss, TripletLoss
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 OBJECTIVES = ("triplet", "center")
 OPTIMIZERS = ("adam", "adagrad")
-LFW = Path(os.environ.get("FACEGROUP_LFW", Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"))
 
 
 # --------------------------------------------------------------------------- networks
@@ -223,41 +225,34 @@ class FaceSet:
         return h.hexdigest()
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """(H,W,3) uint8 RGB pixels of an image file."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
-
-
 class CentreFaces:
-    """Aligned chips of the face nearest each photo's centre (the labelled face of a
-    folder-per-identity photo), detected by MTCNN once per path and kept.
+    """Aligned chips of the CENTRE face of each photo (the labelled face of a
+    folder-per-identity photo; core.faces), detected by MTCNN once per path and kept.
 
     chips(paths) -> (chips (N,S,S,3) uint8, detected (N,) bool); photos where MTCNN finds no
     face get an all-zero chip.
     """
 
-    def __init__(self, align: AlignSpec, detector=None, batch_size: int = 16,
+    def __init__(self, embedder: Embedder, detector: MTCNN | None = None, batch_size: int = 16,
                  progress: bool = True) -> None:
-        from models.mtcnn import MTCNN
-
-        self.align, self.detector = align, detector or MTCNN()
+        self.embedder, self.detector = embedder, detector or MTCNN()
         self.batch_size, self.progress = batch_size, progress
         self.found: dict[Path, np.ndarray | None] = {}  # path -> aligned chip, None if no face
 
-    def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-        from models.mtcnn import Detections, centre_face
+    @property
+    def align(self) -> AlignSpec:
+        return self.embedder.align
 
+    def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
         todo = sorted({p for p in paths if p not in self.found})
         for start in tqdm(range(0, len(todo), self.batch_size), desc="detect+align", leave=False,
                           disable=not self.progress or not todo):
             batch = todo[start:start + self.batch_size]
-            images = [read_rgb(p) for p in batch]
-            for path, image, det in zip(batch, images, self.detector.detect(images)):
-                i = centre_face(det, image.shape[1], image.shape[0])
-                self.found[path] = None if i is None else align_faces(image, Detections(
-                    boxes=det.boxes[i:i + 1], scores=det.scores[i:i + 1],
-                    landmarks=det.landmarks[i:i + 1]), self.align)[0]
+            photos = [Pixels.full(read_rgb(p)) for p in batch]
+            chosen = [choose(det, photo.image, CENTRE)
+                      for photo, det in zip(photos, succeeded(detect(self.detector, photos, 0.0)))]
+            for path, chips in zip(batch, succeeded(align(self.embedder, photos, chosen))):
+                self.found[path] = None if chips is None else chips[0]
         size = self.align.size
         chips = np.zeros((len(paths), size, size, 3), np.uint8)
         detected = np.array([self.found[p] is not None for p in paths], bool)
@@ -268,29 +263,25 @@ class CentreFaces:
 
 
 class LfwCentreFaces:
-    """CentreFaces for LFW images from bench/lfw_embed's detection cache (shared with the
+    """CentreFaces for LFW images from core.lfw's detection cache (shared with the
     verification benches; MTCNN runs only for images not in it). Undetected images are cut
     at the mean relative landmarks of the detected ones, as LFW's centred crops allow
-    (lfw_embed's convention), and flagged in `detected`.
+    (core.lfw's convention), and flagged in `detected`.
 
     chips(paths) -> (chips (N,S,S,3) uint8, detected (N,) bool).
     """
 
-    def __init__(self, align: AlignSpec, cache_dir: Path | None = None, progress: bool = True) -> None:
-        # The LFW detection cache lives with the verification bench; see view1_pairs.
-        from bench.lfw_embed import CACHE
+    def __init__(self, embedder: Embedder, cache_dir: Path = CACHE, progress: bool = True) -> None:
+        self.embedder, self.cache_dir, self.progress = embedder, cache_dir, progress
 
-        self.align, self.cache_dir, self.progress = align, cache_dir or CACHE, progress
+    @property
+    def align(self) -> AlignSpec:
+        return self.embedder.align
 
     def chips(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-        from bench.lfw_embed import detect_centre_faces
-        from models.mtcnn import Detections
-
         found = detect_centre_faces(list(paths), self.cache_dir, progress=self.progress)
-        chips = np.stack([align_faces(read_rgb(p), Detections(
-            boxes=f["box"][None], scores=np.ones(1, np.float32), landmarks=f["landmarks"][None]),
-            self.align)[0] for p, f in tqdm(list(zip(paths, found)), desc="align", leave=False,
-                                            disable=not self.progress)])
+        chips = labelled_inputs(self.embedder, tqdm(list(zip(paths, found)), desc="align", leave=False,
+                                                    disable=not self.progress))
         return chips, np.array([bool(f["detected"]) for f in found])
 
 
@@ -447,9 +438,6 @@ class PKSampler:
 
 def view1_pairs(lfw: Path) -> tuple[list[tuple[Path, Path, bool]], list[tuple[Path, Path, bool]]]:
     """(image_a, image_b, same) pairs of LFW View-1: pairsDevTrain and pairsDevTest."""
-    # The LFW readers live with the verification bench; models.train is run from the checkout.
-    from bench.lfw_embed import read_pairs
-
     files = [lfw / "pairsDevTrain.txt", lfw / "pairsDevTest.txt"]
     for f in files:
         if not f.is_file():
@@ -460,8 +448,8 @@ def view1_pairs(lfw: Path) -> tuple[list[tuple[Path, Path, bool]], list[tuple[Pa
 class View1Evaluator:
     """LFW View-1 verification: threshold chosen on pairsDevTrain, accuracy on pairsDevTest.
 
-    The pair images' chips (LfwCentreFaces unless `faces` is given: the detections of
-    bench/lfw_verify) are featurised once through the frozen trunk.
+    The pair images' chips (LfwCentreFaces unless `faces` is given: the detections of the
+    LFW benches, core.lfw) are featurised once through the frozen trunk.
     evaluate(split) -> {"devtest_accuracy", "threshold", "devtrain_accuracy", "devtest_auc"}:
     the accuracies at the DevTrain threshold, and DevTest's threshold-free ROC AUC;
     `devtest_correct` (M,) bool then holds each DevTest pair's outcome, for paired comparisons.
@@ -472,7 +460,7 @@ class View1Evaluator:
         self.train_pairs, self.test_pairs = view1_pairs(lfw)
         paths = sorted({p for a, b, _ in self.train_pairs + self.test_pairs for p in (a, b)})
         self.index = {p: i for i, p in enumerate(paths)}
-        chips, detected = (faces or LfwCentreFaces(embedder.align)).chips(paths)
+        chips, detected = (faces or LfwCentreFaces(embedder)).chips(paths)
         self.undetected = int((~detected).sum())
         self.features = Features(chips, split, embedder, device, desc="LFW View-1 features")
 
@@ -484,7 +472,6 @@ class View1Evaluator:
             b = emb[[self.index[q] for _, q, _ in pairs]]
             return np.linalg.norm(a - b, axis=1), np.array([s for *_, s in pairs])
 
-        from bench.lfw_verify import best_threshold
         from sklearn.metrics import roc_auc_score
 
         d_train, s_train = distances(self.train_pairs)
@@ -732,9 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.aligned:
             faces = load_folder_tree(args.data, embedder.align)
         else:
-            from models.mtcnn import MTCNN
             faces = load_folder_tree(args.data, embedder.align, CentreFaces(
-                embedder.align, MTCNN(min_face_size=args.min_face, device=device)))
+                embedder, MTCNN(min_face_size=args.min_face, device=device)))
         print(f"{len(faces.labels)} faces of {len(faces.identities)} identities "
               f"({len(faces.skipped)} inputs without a face skipped)", file=sys.stderr)
         evaluator = View1Evaluator(lfw, split, embedder, device) if lfw else None

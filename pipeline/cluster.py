@@ -6,7 +6,10 @@ libraries the graph is complete and the methods are exact.
 Faces left alone are reported as unclustered (person_id -1, cluster_size 1): the report
 shows them as "other faces" instead of thousands of one-photo people.
 Cannot-link: faces of one photo (`groups`) are never one person, since nobody appears
-twice in a photo; look-alike relatives photographed together are the common case.
+twice in a photo; look-alike relatives photographed together are the common case. The
+user's corrections (pipeline.corrections) add cannot-link pairs (`cannot_link`) to the
+same rule, and must-link groups (`must_link`): faces that start as one cluster and stay
+together, whatever the photo rule says (the user saw them), while they may still grow.
 """
 from __future__ import annotations
 
@@ -73,8 +76,10 @@ class AgglomerativeFaces:
     so every linkage value is exact at O(D) cost; only clusters joined by an edge of the
     `n_neighbors`-nearest-neighbour graph are candidates (all pairs for
     N <= n_neighbors + 1), keeping memory O(N k).
-    fit(x, groups) sets labels_ (N,) int64, -1 for faces left alone; groups (N,) (photo
-    ids) forbid merging two clusters that hold faces of one group (cannot-link).
+    fit(x, groups, must_link, cannot_link) sets labels_ (N,) int64, -1 for faces left
+    alone; groups (N,) (photo ids) forbid merging two clusters that hold faces of one group,
+    and so do the row pairs cannot_link (P,2) (cannot-link); must_link (N,) (group number,
+    -1 none) makes each group one cluster from the start, which then grows by the rule.
     """
 
     def __init__(self, distance_threshold: float = 0.37, size_prior: float = 0.005, n_neighbors: int = 30):
@@ -82,7 +87,8 @@ class AgglomerativeFaces:
         self.size_prior = size_prior
         self.n_neighbors = n_neighbors
 
-    def fit(self, x: np.ndarray, groups: np.ndarray | None = None) -> "AgglomerativeFaces":
+    def fit(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
+            cannot_link: np.ndarray | None = None) -> "AgglomerativeFaces":
         n = len(x)
         limit = self.distance_threshold ** 2 - self.size_prior * np.log(n / REFERENCE_FACES)
         dist, idx = knn(x, self.n_neighbors)
@@ -97,9 +103,10 @@ class AgglomerativeFaces:
         size = np.ones(n)
         version = np.zeros(n, dtype=np.int64)
         parent = np.arange(n)
-        # Per cluster: the groups (photos) of its faces that hold other faces too. Sets
-        # only grow on merging, so a forbidden pair stays forbidden and its edge is dropped.
-        shared = _shared_groups(groups, n)
+        # Per cluster: the cannot-link tokens of its faces (pipeline photos holding other
+        # faces too, user pairs). Sets only grow on merging, so a forbidden pair stays
+        # forbidden and its edge is dropped.
+        shared = cannot_link_tokens(n, groups, cannot_link)
 
         def link(c: int, nb: np.ndarray) -> np.ndarray:
             """Linkage (len(nb),) of cluster c to each nb: mean squared distance less the prior."""
@@ -123,6 +130,27 @@ class AgglomerativeFaces:
                 c = parent[c]
             return int(c)
 
+        def merge(a: int, b: int) -> int:
+            """Join clusters a and b (roots); returns the root of the result."""
+            if len(adjacency[a]) < len(adjacency[b]):
+                a, b = b, a  # keep the larger neighbour set: small-to-large merging
+            parent[b] = a
+            shared[a] |= shared[b]
+            shared[b] = set()
+            total = size[a] + size[b]
+            mean[a] = (size[a] * mean[a] + size[b] * mean[b]) / total
+            msq[a] = (size[a] * msq[a] + size[b] * msq[b]) / total
+            size[a] = total
+            version[a] += 1
+            for k in adjacency[b]:
+                adjacency[k].discard(b)
+                if k != a:
+                    adjacency[k].add(a)
+            adjacency[a] |= adjacency[b]
+            adjacency[a].discard(a)
+            adjacency[b] = None
+            return a
+
         # One entry per cluster: its closest neighbour, plus the second-closest link as a
         # bound on all others. The link of two unchanged clusters stays fixed, and each
         # merged cluster re-enters with its own closest neighbour, so the smallest valid
@@ -130,6 +158,14 @@ class AgglomerativeFaces:
         # repaired in O(D) while the partner's new link stays within the bound.
         heap = [(float(d[0]) ** 2, c, int(i[0]), 0, 0, float(d[1]) ** 2 if len(d) > 1 else np.inf)
                 for c, (d, i) in enumerate(zip(dist.tolist(), idx.tolist())) if d and d[0] ** 2 < limit]
+        # Must-link groups start as one cluster each; singletons' entries above stay valid
+        # (a partner that was merged is repaired when popped), merged ones re-enter.
+        for members in _members(must_link):
+            r = int(members[0])
+            for b in members[1:].tolist():
+                r = merge(r, int(b))
+            if fresh := entry(r):
+                heap.append(fresh)
         heapq.heapify(heap)
         while heap:
             _, a, b, va, vb, second = heapq.heappop(heap)
@@ -150,57 +186,85 @@ class AgglomerativeFaces:
                 if fresh := entry(a):
                     heapq.heappush(heap, fresh)
                 continue
-            if len(adjacency[a]) < len(adjacency[b]):
-                a, b = b, a  # keep the larger neighbour set: small-to-large merging
-            parent[b] = a
-            shared[a] |= shared[b]
-            shared[b] = set()
-            total = size[a] + size[b]
-            mean[a] = (size[a] * mean[a] + size[b] * mean[b]) / total
-            msq[a] = (size[a] * msq[a] + size[b] * msq[b]) / total
-            size[a] = total
-            version[a] += 1
-            for k in adjacency[b]:
-                adjacency[k].discard(b)
-                if k != a:
-                    adjacency[k].add(a)
-            adjacency[a] |= adjacency[b]
-            adjacency[a].discard(a)
-            adjacency[b] = None
-            if fresh := entry(a):
+            if fresh := entry(merge(a, b)):
                 heapq.heappush(heap, fresh)
         self.labels_ = _singletons_to_noise(_roots(parent))
         return self
 
-    def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-        return self.fit(x, groups).labels_
+    def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
+                    cannot_link: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, groups, must_link, cannot_link).labels_
 
 
-def _shared_groups(groups: np.ndarray | None, n: int) -> list[set[int]]:
-    """Per face of n, {its group} when another face has the same group, else {} (faces
-    alone in their photo never constrain a merge, so they cost nothing)."""
-    if groups is None:
-        return [set() for _ in range(n)]
-    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    inverse = inverse.ravel()
-    return [{int(g)} if counts[g] > 1 else set() for g in inverse.tolist()]
+def cannot_link_tokens(n: int, groups: np.ndarray | None = None,
+                       cannot_link: np.ndarray | None = None) -> list[set[int]]:
+    """Per face of n, its cannot-link tokens: no person may hold one token twice. A face's
+    group (groups (N,), its photo) is a token when another face has the same group (faces
+    alone in their photo never constrain a merge, so they cost nothing); each row pair of
+    cannot_link (P,2) is a token of both its faces."""
+    tokens: list[set[int]] = [set() for _ in range(n)]
+    base = 0
+    if groups is not None:
+        _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+        for face, g in enumerate(inverse.ravel().tolist()):
+            if counts[g] > 1:
+                tokens[face].add(g)
+        base = len(counts)
+    for t, (a, b) in enumerate(np.asarray(cannot_link if cannot_link is not None else [], np.int64)
+                               .reshape(-1, 2).tolist()):
+        tokens[a].add(base + t)
+        tokens[b].add(base + t)
+    return tokens
 
 
-def split_same_group(x: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """labels (N,) with cannot-link enforced afterwards: in each cluster, of several faces of
-    one group (groups (N,)) only the one nearest the cluster's mean embedding stays; the
-    others become -1. For methods that cannot take the constraint while clustering (HDBSCAN)."""
+def _members(must_link: np.ndarray | None) -> list[np.ndarray]:
+    """Row indices of each must-link group (must_link (N,) group number, -1 none), sorted."""
+    if must_link is None:
+        return []
+    must = np.asarray(must_link)
+    rows = np.flatnonzero(must >= 0)
+    order = rows[np.argsort(must[rows], kind="stable")]
+    return [m for m in np.split(order, np.flatnonzero(np.diff(must[order])) + 1) if len(m) > 1]
+
+
+def enforce_constraints(x: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
+                        must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None) -> np.ndarray:
+    """labels (N,) with the constraints enforced afterwards, for methods that cannot take
+    them while clustering (HDBSCAN). Each must-link group joins the cluster most of its
+    faces are in (a new one when none is in any). Then, in each cluster, units (a must-link
+    group, or a face) are kept in order, must-link groups first, then nearest the cluster's
+    mean embedding, while none of their cannot-link tokens (`cannot_link_tokens`) is taken:
+    a face that conflicts becomes -1, a must-link group that conflicts a cluster of its own.
+    Without must-link, this keeps of several faces of one photo the one nearest the centre."""
     labels = np.asarray(labels, dtype=np.int64).copy()
-    if groups is None:
-        return labels
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    tokens = cannot_link_tokens(len(labels), groups, cannot_link)
+    units = [np.array([i]) for i in range(len(labels))]
+    grouped = np.zeros(len(labels), bool)
+    for members in _members(must_link):
+        found = labels[members][labels[members] >= 0]
+        labels[members] = np.bincount(found).argmax() if len(found) else labels.max(initial=-1) + 1
+        grouped[members] = True
+        units.append(members)
+    units = [u for u in units if len(u) > 1 or not grouped[u[0]]]
     ids, means, _ = cluster_means(x, labels)
-    valid = np.flatnonzero(labels >= 0)
-    distance = np.linalg.norm(x[valid] - means[np.searchsorted(ids, labels[valid])], axis=1)
-    order = valid[np.lexsort((distance, codes[valid], labels[valid]))]  # nearest first per (cluster, group)
-    first = np.ones(len(order), bool)
-    first[1:] = (labels[order][1:] != labels[order][:-1]) | (codes[order][1:] != codes[order][:-1])
-    labels[order[~first]] = -1
+    key = []
+    for u in units:
+        label = int(labels[u[0]])
+        distance = np.linalg.norm(x[u].mean(axis=0) - means[np.searchsorted(ids, label)]) if label >= 0 else 0.0
+        key.append((label, len(u) == 1, float(distance)))
+    taken: dict[int, set[int]] = {}
+    fresh = labels.max(initial=-1) + 1
+    for k in sorted(range(len(units)), key=key.__getitem__):
+        u, label = units[k], key[k][0]
+        if label < 0:
+            continue
+        mine = set().union(*(tokens[i] for i in u.tolist()))
+        if taken.setdefault(label, set()).isdisjoint(mine):
+            taken[label] |= mine
+        elif len(u) > 1:
+            labels[u], fresh = fresh, fresh + 1
+        else:
+            labels[u] = -1
     return _singletons_to_noise(labels)
 
 
@@ -221,8 +285,9 @@ class HDBSCANFaces:
     come from the exact `n_neighbors` graph (complete for small N), passed to hdbscan
     as a sparse precomputed distance matrix; graph components are chained by edges
     longer than any real one so the tree is connected, which hdbscan then splits.
-    fit(x, groups) sets labels_ (N,) int64, -1 for noise; cannot-link (groups (N,), photo
-    ids) is enforced afterwards (`split_same_group`).
+    fit(x, groups, must_link, cannot_link) sets labels_ (N,) int64, -1 for noise; the
+    constraints (as AgglomerativeFaces takes them) are enforced afterwards
+    (`enforce_constraints`).
     """
 
     def __init__(self, min_cluster_size: int = 2, min_samples: int = 2,
@@ -232,13 +297,14 @@ class HDBSCANFaces:
         self.cluster_selection_method = cluster_selection_method
         self.n_neighbors = n_neighbors
 
-    def fit(self, x: np.ndarray, groups: np.ndarray | None = None) -> "HDBSCANFaces":
+    def fit(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
+            cannot_link: np.ndarray | None = None) -> "HDBSCANFaces":
         import hdbscan
         from scipy.sparse.csgraph import connected_components
 
         n = len(x)
         if n <= self.min_cluster_size:
-            self.labels_ = np.full(n, -1, dtype=np.int64)
+            self.labels_ = enforce_constraints(x, np.full(n, -1, dtype=np.int64), groups, must_link, cannot_link)
             return self
         ei, ej, ed = knn_edges(x, max(self.n_neighbors, self.min_samples))
         # hdbscan drops explicit zeros (identical faces): keep them as a tiny distance.
@@ -253,11 +319,13 @@ class HDBSCANFaces:
         model = hdbscan.HDBSCAN(metric="precomputed", min_cluster_size=self.min_cluster_size,
                                 min_samples=self.min_samples,
                                 cluster_selection_method=self.cluster_selection_method)
-        self.labels_ = split_same_group(x, _singletons_to_noise(model.fit_predict(graph)), groups)
+        self.labels_ = enforce_constraints(x, _singletons_to_noise(model.fit_predict(graph)), groups,
+                                           must_link, cannot_link)
         return self
 
-    def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-        return self.fit(x, groups).labels_
+    def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
+                    cannot_link: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, groups, must_link, cannot_link).labels_
 
 
 ESTIMATORS = {"agglomerative": AgglomerativeFaces, "hdbscan": HDBSCANFaces}
@@ -328,12 +396,15 @@ def cluster_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: np.ndarray | None = None,
                   eligible: np.ndarray | None = None, embedder_version: str | None = None,
+                  must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
                   **params) -> ClusterResult:
     """Cluster embeddings (N,D) into people with `method` (one of METHODS).
 
-    groups (N,): the photo of each face; two faces of one photo are never one person.
-    eligible (N,) bool: faces that may start or join a person (the quality gate,
-    pipeline.quality); the others stay unclustered and do not count in the library size.
+    groups (N,): the photo of each face; two faces of one photo are never one person, nor
+    are the two faces of each row pair of cannot_link (P,2). must_link (N,): a group
+    number per face (-1 none); each group's faces are one person. eligible (N,) bool:
+    faces that may start or join a person (the quality gate, core.quality); the others
+    stay unclustered and do not count in the library size.
     Parameters are `params_for(method, embedder_version)`, overridden by params
     (e.g. distance_threshold=0.5).
     """
@@ -348,12 +419,17 @@ def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: 
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or infinite values")
     keep = np.ones(len(x), bool) if eligible is None else np.asarray(eligible, bool)
-    if keep.shape != (len(x),) or (groups is not None and np.shape(groups) != (len(x),)):
-        raise ValueError(f"groups and eligible must have shape ({len(x)},)")
+    if keep.shape != (len(x),) or any(a is not None and np.shape(a) != (len(x),) for a in (groups, must_link)):
+        raise ValueError(f"groups, eligible and must_link must have shape ({len(x)},)")
+    # only the eligible faces are clustered: constraints move to their rows
+    row = np.cumsum(keep) - 1
+    pairs = np.asarray(cannot_link if cannot_link is not None else [], np.int64).reshape(-1, 2)
+    pairs = row[pairs[keep[pairs].all(axis=1)]]
     labels = np.full(len(x), -1, dtype=np.int64)
     if keep.sum() > 1:
         estimator = ESTIMATORS[method](**{**params_for(method, embedder_version), **params})
-        labels[keep] = estimator.fit_predict(x[keep], None if groups is None else np.asarray(groups)[keep])
+        labels[keep] = estimator.fit_predict(x[keep], None if groups is None else np.asarray(groups)[keep],
+                                             None if must_link is None else np.asarray(must_link)[keep], pairs)
     person = canonical_labels(labels)
     valid = person >= 0
     _, centres, sizes = cluster_means(x, person)  # canonical labels are 0..K-1, all used

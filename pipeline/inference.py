@@ -1,12 +1,10 @@
-"""Detect, align and embed faces with Beam's RunInference.
+"""The hot path (core.faces) in Beam's RunInference, and its failure rows.
 
 `FaceModelHandler` loads MTCNN and the embedder once per worker process (RunInference
 keeps the loaded model in `shared.Shared`, so every thread and bundle of the process
-reuses it). Each batch of photos is detected in one MTCNN call (photos of mixed sizes,
-at detection resolution), every face is aligned from the full-resolution pixels
-(landmarks scaled back), and all faces of the batch are embedded in one call. An
-exception in a batch call is retried photo by photo, so only the photo that causes it
-becomes a failure row (stage "detect" or "embed"); the bundle never fails for a photo.
+reuses it) and runs each batch of photos through core.faces.faces_of: one detector call
+and one embedder call per batch. Only a photo whose detection, alignment or embedding
+raises becomes a failure row (stage "detect" or "embed"); the bundle never fails for a photo.
 """
 from __future__ import annotations
 
@@ -15,11 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from core.faces import Failure, PhotoFaces, faces_of
+from core.quality import QUALITY_VERSION
 from pipeline.decode import encode_jpeg
-from pipeline.quality import QUALITY_VERSION, face_quality
 from pipeline.records import DecodedPhoto, Face, PhotoOutcome, describe_error, failed_outcome
 
 if TYPE_CHECKING:  # models (torch) load lazily, where a run needs them
@@ -123,115 +121,36 @@ class FaceModelHandler(ModelHandler[DecodedPhoto | PhotoOutcome, PhotoOutcome, F
 
 def process_batch(photos: Sequence[DecodedPhoto], models: FaceModels,
                   min_det_score: float) -> list[PhotoOutcome]:
-    """One outcome per photo, in order: detect all, align each, embed all faces at once;
-    each face's quality is measured on the full-resolution photo."""
-    outcomes: list[PhotoOutcome | None] = [None] * len(photos)
-    detections = _detect(models.detector, photos)
-    chips: dict[int, tuple[Any, np.ndarray]] = {}
-    for i, (photo, found) in enumerate(zip(photos, detections)):
-        if isinstance(found, str):
-            outcomes[i] = failed_outcome(photo.user_id, photo.photo_path, "detect", found, photo=photo)
-            continue
-        det = full_resolution(confident(found, min_det_score), photo.detect_scale)
-        if len(det.scores) == 0:
-            outcomes[i] = PhotoOutcome(photo.user_id, photo.photo_path, "no_face", photo.sha256,
-                                       photo.width, photo.height, photo.preview)
-            continue
-        try:
-            chips[i] = (det, models.embedder.face_inputs(photo.image, det))
-        except Exception as exc:  # alignment belongs to the embed stage
-            outcomes[i] = failed_outcome(photo.user_id, photo.photo_path, "embed",
-                                         f"alignment failed: {describe_error(exc)}", photo=photo)
-    embeddings = _embed(models.embedder, {i: c for i, (_, c) in chips.items()})
-    for i, (det, photo_chips) in chips.items():
-        photo = photos[i]
-        found = embeddings[i]
-        if isinstance(found, str):
-            outcomes[i] = failed_outcome(photo.user_id, photo.photo_path, "embed", found, photo=photo)
-            continue
-        thumbnails = models.embedder.thumbnails(photo_chips)
-        faces = [Face(det.boxes[k], det.landmarks[k], float(det.scores[k]), found[k],
-                      encode_jpeg(thumbnails[k], THUMBNAIL_QUALITY),
-                      *face_quality(photo.image, det.landmarks[k], float(det.scores[k])))
-                 for k in range(len(det.scores))]
-        outcomes[i] = PhotoOutcome(photo.user_id, photo.photo_path, "faces", photo.sha256,
-                                   photo.width, photo.height, photo.preview, faces)
+    """One outcome per photo, in order: every face of each photo (core.faces.faces_of),
+    a failure row for a photo whose detection, alignment or embedding raised."""
+    outcomes = [_outcome(photo, found) for photo, found in
+                zip(photos, faces_of(photos, models.detector, models.embedder, min_det_score))]
     _count(outcomes)
-    return outcomes  # type: ignore[return-value]
+    return outcomes
 
 
-def _detect(detector: Any, photos: Sequence[DecodedPhoto]) -> list[Any]:
-    """Detections per photo from one batched call; per photo on failure (error strings)."""
-    try:
-        return list(detector.detect([p.detect_image for p in photos]))
-    except Exception:  # isolate the photo(s) that make the batch fail
-        found: list[Any] = []
-        for photo in photos:
-            try:
-                found.extend(detector.detect([photo.detect_image]))
-            except Exception as exc:
-                found.append(describe_error(exc))
-        return found
-
-
-def _embed(embedder: Any, chips: dict[int, np.ndarray]) -> dict[int, np.ndarray | str]:
-    """Embeddings (n_i,D) per photo index from one call over all chips; per photo on failure."""
-    if not chips:
-        return {}
-    order = list(chips)
-    try:
-        flat = embedder.embed(np.concatenate([chips[i] for i in order]))
-        bounds = np.cumsum([0] + [len(chips[i]) for i in order])
-        return {i: flat[bounds[j]:bounds[j + 1]] for j, i in enumerate(order)}
-    except Exception:  # isolate the photo(s) that make the batch fail
-        out: dict[int, np.ndarray | str] = {}
-        for i in order:
-            try:
-                out[i] = embedder.embed(chips[i])
-            except Exception as exc:
-                out[i] = describe_error(exc)
-        return out
-
-
-@dataclass
-class ScaledDetections:
-    """Detections in full-resolution pixels, most confident first.
-
-    boxes (n,4) float32, scores (n,) float32, landmarks (n,5,2) float32.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    landmarks: np.ndarray
-
-
-def confident(det: Any, min_score: float) -> ScaledDetections:
-    """Detections with score >= min_score, ordered by descending score (this order is
-    face_index; ties keep the detector's order)."""
-    scores = np.asarray(det.scores, dtype=np.float32)
-    keep = np.flatnonzero(scores >= min_score)
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    return ScaledDetections(np.asarray(det.boxes, np.float32)[keep].reshape(-1, 4), scores[keep],
-                            np.asarray(det.landmarks, np.float32)[keep].reshape(-1, 5, 2))
-
-
-def full_resolution(det: ScaledDetections, scale: tuple[float, float]) -> ScaledDetections:
-    """Detections from detection-image pixels to full-resolution pixels (scale = (sx, sy))."""
-    sx, sy = scale
-    if sx == 1.0 and sy == 1.0:
-        return det
-    return ScaledDetections(det.boxes * np.float32([sx, sy, sx, sy]), det.scores,
-                            det.landmarks * np.float32([sx, sy]))
+def _outcome(photo: DecodedPhoto, found: PhotoFaces | Failure) -> PhotoOutcome:
+    """The photo's row and face rows, or its failure row (alignment fails the embed stage)."""
+    if isinstance(found, Failure):
+        stage = "detect" if found.step == "detect" else "embed"
+        error = ("alignment failed: " if found.step == "align" else "") + describe_error(found.error)
+        return failed_outcome(photo.user_id, photo.photo_path, stage, error, photo=photo)
+    det = found.detections
+    faces = [Face(det.boxes[k], det.landmarks[k], float(det.scores[k]), found.embeddings[k],
+                  encode_jpeg(found.chips[k], THUMBNAIL_QUALITY), *found.quality[k])
+             for k in range(len(found))]
+    return PhotoOutcome(photo.user_id, photo.photo_path, "faces" if faces else "no_face", photo.sha256,
+                        photo.width, photo.height, photo.preview, faces)
 
 
 _COUNTERS = {name: beam.metrics.Metrics.counter("facegroup", name)
              for name in ("photos_inferred", "faces_detected", "failed_detect", "failed_embed")}
 
 
-def _count(outcomes: Sequence[PhotoOutcome | None]) -> None:
+def _count(outcomes: Sequence[PhotoOutcome]) -> None:
     _COUNTERS["photos_inferred"].inc(len(outcomes))
-    _COUNTERS["faces_detected"].inc(sum(len(o.faces) for o in outcomes if o))
+    _COUNTERS["faces_detected"].inc(sum(len(o.faces) for o in outcomes))
     for stage in ("detect", "embed"):
-        failed = sum(1 for o in outcomes if o and o.stage == stage)
+        failed = sum(1 for o in outcomes if o.stage == stage)
         if failed:
             _COUNTERS[f"failed_{stage}"].inc(failed)

@@ -5,7 +5,7 @@ Folder layout, one of (decided by where the photos are; mixing the two is an err
   DIR/<user_id>/<name>/<photo>  each user's own known people (users without a folder get none).
 Hidden files and folders and files that are not photos (by extension) are ignored. The face
 of a reference photo is the detected face covering most of the photo (ties: the most
-central; photo_faces.largest_face); photos that cannot be read (broken links included) or
+central; core.faces.LARGEST); photos that cannot be read (broken links included) or
 show no face are skipped and listed in `KnownPeople.skipped`. Links obey --follow_links as
 in the library (pipeline.links): by default a photo under DIR/<user_id>/ is read only where
 its links lead inside that folder, and a shared one only inside DIR.
@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.faces import LARGEST, faces_of, succeeded
 from models.embedders import FaceEmbedder
 from models.mtcnn import MTCNN
 from pipeline.inference import InferenceSettings
 from pipeline.links import FOLLOW_USER, confined
 from pipeline.naming import KnownPeople, Naming
 from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE
-from pipeline.photo_faces import faces_in, largest_face, read_photo
+from pipeline.photo_faces import read_photo
 from pipeline.thresholds import thresholds_for
 from pipeline.users import user_id_problem
 
@@ -91,12 +92,12 @@ def load_known_people(root: str | Path, detector: MTCNN, embedder: FaceEmbedder,
                 skipped.append((rel, str(exc)))
                 continue
             readable.append((user_id, name, rel))
-        for (user_id, name, rel), faces in zip(readable, faces_in(photos, detector, embedder, min_det_score)):
-            i = largest_face(faces.detections, faces.image.shape[1], faces.image.shape[0])
-            if i is None:
+        found = succeeded(faces_of(photos, detector, embedder, min_det_score, LARGEST))
+        for (user_id, name, rel), faces in zip(readable, found):
+            if len(faces) == 0:
                 skipped.append((rel, "no face detected"))
                 continue
-            embeddings.append(faces.embeddings[i])
+            embeddings.append(faces.embeddings[0])
             names.append(name)
             user_ids.append(user_id)
     if not embeddings:

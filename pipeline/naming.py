@@ -83,7 +83,8 @@ def people_table(user_id: str, person_id: np.ndarray, embeddings: np.ndarray,
 
     person_id: (N,) ClusterResult.person_id (or the clusters/ column), -1 = unclustered;
     embeddings: (N,D) the same faces; known_*: from KnownPeople.for_user (may be empty:
-    then every name and match distance is null, whatever threshold and margin).
+    then every name and match distance is null, whatever threshold and margin). No person is
+    confirmed yet (pipeline.outputs applies the user's corrections).
     """
     ids, centroids, counts = cluster_means(embeddings, person_id)
     named = name_people(centroids, ids, known_embeddings, known_names, threshold, margin)
@@ -93,6 +94,8 @@ def people_table(user_id: str, person_id: np.ndarray, embeddings: np.ndarray,
         "name": pa.array([n for _, n, _ in named], pa.string()),
         "match_distance": pa.array([d for _, _, d in named], pa.float32()),
         "face_count": pa.array(counts, pa.int32()),
+        "confirmed": pa.array([False] * len(ids), pa.bool_()),
+        "name_source": pa.array(["known_people" if n is not None else None for _, n, _ in named], pa.string()),
     }, schema=PEOPLE)
 
 

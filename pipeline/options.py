@@ -92,6 +92,11 @@ class FaceGroupOptions(PipelineOptions):
                  "and the report; others stay unnamed (rule and thresholds: README, Naming people). The "
                  "photos are embedded once on the launching machine, with this run's --embedder.")
         parser.add_argument(
+            "--corrections", action="append", default=None,
+            help="the user's corrections (rename, merge, move, ignore; the file the report exports, format "
+                 "in the README): a .json file or a folder of them, repeatable. Every run applies all of "
+                 "them as constraints on clustering; later entries win. Checked before any work.")
+        parser.add_argument(
             "--follow_links", default=FOLLOW_USER, choices=FOLLOW_LINKS,
             help="symbolic links in a library folder or --known_people: 'user' (default) reads a photo only "
                  "where its links lead inside the same user's folder (else it fails at read: a user's "

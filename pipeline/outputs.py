@@ -22,7 +22,9 @@ SHA-256) gets a photos/ row per path, but its faces are stored and clustered onc
 the first path in sort order); face_key = "<sha256>:<face_index>" is unique per user.
 People are named afresh on every run (pipeline.naming) from the known people the writer
 was constructed with (--known_people; without it every name is null): people/ has a row
-per person, and clusters/ repeats the person's name on each of its faces.
+per person, and clusters/ repeats the person's name on each of its faces. The user's
+corrections (--corrections, replayed by the launcher: pipeline.corrections) travel the
+same way: they constrain each user's clustering, and their names win over known ones.
 """
 from __future__ import annotations
 
@@ -40,11 +42,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
+from pipeline.corrections import (IGNORED_REASON, CorrectionsStats, UserConstraints, corrections_stats,
+                                  face_constraints, pinned_people)
 from pipeline.inference import EmbedderInfo, InferenceSettings
 from pipeline.naming import Naming, people_table
 from pipeline.partitions import file_table
 from pipeline.person_ids import PreviousPeople, stable_person_ids
-from pipeline.quality import GATE
+from core.quality import GATE
 from pipeline.records import REUSED, PhotoOutcome, PreviousResults
 from pipeline.users import user_folder
 
@@ -69,6 +73,7 @@ class UserStats:
     same_photo_paths: int = 0  # photos rows whose faces were stored under another path
     duplicate_listings: int = 0  # outcomes dropped because a manifest listed a path twice
     reused: int = 0  # photos whose results came from the previous run (not inferred again)
+    corrections: dict | None = None  # CorrectionsStats of the user's corrections, None without any
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -184,15 +189,27 @@ def face_embeddings(faces: pa.Table) -> np.ndarray:
     return faces.column("embedding").combine_chunks().flatten().to_numpy().reshape(faces.num_rows, dim)
 
 
-def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
-                   previous: PreviousPeople | None = None) -> pa.Table:
+@dataclass(frozen=True)
+class Corrected:
+    """What the user's corrections made of one user's clusters: the user's names by person
+    id ("" = name cleared) and the counts for the summary (None without corrections)."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    stats: CorrectionsStats | None = None
+
+
+def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str, previous: PreviousPeople | None = None,
+                   constraints: UserConstraints | None = None) -> tuple[pa.Table, Corrected]:
     """clusters/ rows for a user's faces table (sorted by face_key) and its embeddings
     (N,D) (`face_embeddings`), person ids carried
     over from `previous` (pipeline.person_ids); the next unused id goes into the metadata.
-    Faces below the quality gate stay unclustered (pipeline.quality; a null quality, from a
+    Faces below the quality gate stay unclustered (core.quality; a null quality, from a
     table written before it existed, passes).
     Faces of one photo are never one person (cannot-link on photo_sha256); since each new
-    cluster takes at most one earlier id, carried-over ids keep that. Names are left null
+    cluster takes at most one earlier id, carried-over ids keep that. The user's
+    `constraints` add cannot-link pairs and must-link groups (whose faces pass the gate:
+    the user saw them), keep ignored faces out, and pin people (confirmed, the id the user
+    knew, the user's name: returned for `with_corrections`). Names are left null
     (`with_names` fills them).
 
     Raises ValueError when the faces come from more than one embedder or version:
@@ -206,21 +223,49 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str,
         names = ", ".join(f"{name} {version}" for name, version in embedders)
         raise ValueError(f"refusing to cluster faces of user {faces.column('user_id')[0]} embedded by "
                          f"different embedders together ({names}); re-embed them with one --embedder")
-    n = faces.num_rows
+    n, keys = faces.num_rows, faces.column("face_key").to_pylist()
+    constraints = constraints or UserConstraints("")
+    linked = face_constraints(constraints, keys)
+    passed = np.nan_to_num(faces.column("quality").to_numpy(), nan=1.0) >= GATE
     if n:
         result = cluster_faces(embeddings, method, groups=faces.column("photo_sha256").to_numpy(zero_copy_only=False),
-                               eligible=np.nan_to_num(faces.column("quality").to_numpy(), nan=1.0) >= GATE,
-                               embedder_version=embedders[0][1])
+                               eligible=linked.eligible(passed), embedder_version=embedders[0][1],
+                               must_link=linked.must_link, cannot_link=linked.cannot_link)
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)
         distance = np.zeros(0, np.float32)
-    person, next_id = stable_person_ids(faces.column("face_key").to_pylist(), labels, previous)
+    pinned = pinned_people(constraints, keys, labels)
+    person, next_id = stable_person_ids(keys, labels, previous, pinned.person_ids)
+    id_of = dict(zip(labels.tolist(), person.tolist()))
+    reasons = [IGNORED_REASON if ignored else (reason if not ok else None)
+               for ignored, ok, reason in zip(linked.ignored.tolist(), passed.tolist(),
+                                              faces.column("quality_reason").to_pylist())]
     table = pa.Table.from_arrays([
         faces.column("user_id"), faces.column("face_key"), faces.column("photo_sha256"),
         faces.column("face_index"), pa.array(person, pa.int32()), pa.array(size, pa.int32()),
-        pa.array(distance, pa.float32()), pa.nulls(n, pa.string())], schema=schemas.CLUSTERS)
-    return table.replace_schema_metadata({schemas.NEXT_PERSON_ID_KEY: str(next_id).encode()})
+        pa.array(distance, pa.float32()), pa.nulls(n, pa.string()),
+        pa.array(np.isin(labels, list(pinned.confirmed)) & (labels >= 0), pa.bool_()),
+        pa.array([r if p < 0 else None for r, p in zip(reasons, person.tolist())], pa.string())],
+        schema=schemas.CLUSTERS)
+    corrected = Corrected({id_of[c]: name for c, name in pinned.names.items()},
+                          corrections_stats(constraints, keys, pinned, linked) if constraints.entries else None)
+    return table.replace_schema_metadata({schemas.NEXT_PERSON_ID_KEY: str(next_id).encode()}), corrected
+
+
+def with_corrections(people: pa.Table, clusters: pa.Table, corrected: Corrected) -> pa.Table:
+    """people/ with the user's corrections: `confirmed` from clusters/, and the user's
+    names in place of known ones (name_source "user"; a cleared name leaves the known one)."""
+    confirmed = {p for p, c in zip(clusters.column("person_id").to_pylist(), clusters.column("confirmed").to_pylist())
+                 if c}
+    ids = people.column("person_id").to_pylist()
+    user = [corrected.names.get(p) or None for p in ids]
+    names = [u or known for u, known in zip(user, people.column("name").to_pylist())]
+    sources = [("user" if u else source) for u, source in zip(user, people.column("name_source").to_pylist())]
+    for name, column in (("confirmed", pa.array([p in confirmed for p in ids], pa.bool_())),
+                         ("name", pa.array(names, pa.string())), ("name_source", pa.array(sources, pa.string()))):
+        people = people.set_column(people.schema.get_field_index(name), people.schema.field(name), column)
+    return people
 
 
 def with_names(clusters: pa.Table, people: pa.Table) -> pa.Table:
@@ -232,10 +277,11 @@ def with_names(clusters: pa.Table, people: pa.Table) -> pa.Table:
 
 
 def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: InferenceSettings, method: str,
-                previous: PreviousResults | None = None,
-                naming: Naming | None = None) -> tuple[dict[str, pa.Table], UserStats]:
+                previous: PreviousResults | None = None, naming: Naming | None = None,
+                constraints: UserConstraints | None = None) -> tuple[dict[str, pa.Table], UserStats]:
     """All five tables of one user and their counts; REUSED outcomes are resolved from
-    `previous`, whose person ids the clusters keep; people are named by `naming`."""
+    `previous`, whose person ids the clusters keep; people are named by `naming`, and
+    the user's corrections (`constraints`) constrain the clusters and win over it."""
     outcomes = list(outcomes)
     unique = unique_outcomes(outcomes)
     previous = previous or PreviousResults(user_id, {}, PreviousPeople())
@@ -243,9 +289,10 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: Infere
     faces = faces_table(user_id, ordered, settings.embedder)
     recorded = {schemas.SETTINGS_KEY: settings.to_json().encode()}
     x = face_embeddings(faces)
-    clusters = clusters_table(faces, x, method, previous.people)
+    clusters, corrected = clusters_table(faces, x, method, previous.people, constraints)
     person = clusters.column("person_id").to_numpy()
     people = naming.people(user_id, person, x) if naming else people_table(user_id, person, x, x[:0], np.array([]))
+    people = with_corrections(people, clusters, corrected)
     tables = {"photos": photos_table(user_id, ordered).replace_schema_metadata(recorded),
               "faces": faces.replace_schema_metadata({**(faces.schema.metadata or {}), **recorded}),
               "clusters": with_names(clusters, people),
@@ -258,7 +305,8 @@ def user_tables(user_id: str, outcomes: Iterable[PhotoOutcome], settings: Infere
         faces=faces.num_rows, people=people.num_rows, named=people.num_rows - people.column("name").null_count,
         unclustered=int((person < 0).sum()),
         same_photo_paths=statuses["faces"] - len(set(faces.column("photo_path").to_pylist())),
-        duplicate_listings=len(outcomes) - len(ordered), reused=sum(o.status == REUSED for o in unique))
+        duplicate_listings=len(outcomes) - len(ordered), reused=sum(o.status == REUSED for o in unique),
+        corrections=asdict(corrected.stats) if corrected.stats else None)
     return tables, stats
 
 
@@ -266,11 +314,12 @@ class WriteUserTables(beam.DoFn):
     """(user key, outcomes and PreviousResults) -> the user's five Parquet files and run
     record; yields UserStats. Only users with at least one outcome are written.
 
-    `naming` (the run's known people, pipeline.known_people.load_naming) travels inside
-    this DoFn, so every runner's workers get it with the code."""
+    `naming` (the run's known people, pipeline.known_people.load_naming) and `corrections`
+    (user id -> replayed corrections, pipeline.corrections.replay) travel inside this DoFn,
+    so every runner's workers get them with the code."""
 
     def __init__(self, output: str, run_id: str, settings: InferenceSettings, method: str,
-                 naming: Naming | None = None) -> None:
+                 naming: Naming | None = None, corrections: dict[str, UserConstraints] | None = None) -> None:
         if naming is not None and naming.known.embedder_version != settings.embedder.version:
             raise ValueError(f"known people embedded with {naming.known.embedder_version} cannot name faces "
                              f"embedded with {settings.embedder.version}")
@@ -279,6 +328,7 @@ class WriteUserTables(beam.DoFn):
         self.settings = settings
         self.method = method
         self.naming = naming
+        self.corrections = corrections or {}
         self.counters = {name: beam.metrics.Metrics.counter("facegroup", name) for name in (
             "users_written", "photos_written", "photos_with_faces", "photos_without_faces",
             "photos_failed", "faces_written", "people", "people_named")}
@@ -293,7 +343,7 @@ class WriteUserTables(beam.DoFn):
                 by_user[item.user_id].append(item)
         for user_id in sorted(by_user):
             tables, stats = user_tables(user_id, by_user[user_id], self.settings, self.method,
-                                        previous.get(user_id), self.naming)
+                                        previous.get(user_id), self.naming, self.corrections.get(user_id))
             for name in TABLES:
                 write_table(table_path(self.output, name, user_id), file_table(tables[name]))
             write_text(run_record_path(self.output, self.run_id, f"{user_folder(user_id)}.json"),

@@ -5,6 +5,9 @@ with the previous run's person ids, matched through the faces the two runs share
 face is identified across runs by its face_key, "<photo sha256>:<face index>").
 
 Rule, for one user (deterministic: it depends only on the face keys and labels):
+  0. First, a cluster the user's corrections name (pipeline.corrections: `preferred`,
+     cluster -> the person id the user knew, e.g. a merge's `into`) takes that id; fresh
+     ids (4.) then count from above it too. The steps below skip the ids and clusters taken.
   1. overlap(c, p) = number of faces in new cluster c that had person id p before.
   2. Pairs (c, p) with overlap > 0 are taken greedily by decreasing overlap; ties go to
      the smaller previous id p, then to the cluster whose smallest face key sorts first.
@@ -37,11 +40,12 @@ class PreviousPeople:
     next_id: int = 0
 
 
-def stable_person_ids(face_keys: Sequence[str], labels: np.ndarray,
-                      previous: PreviousPeople | None) -> tuple[np.ndarray, int]:
+def stable_person_ids(face_keys: Sequence[str], labels: np.ndarray, previous: PreviousPeople | None,
+                      preferred: Mapping[int, int] | None = None) -> tuple[np.ndarray, int]:
     """Person ids (N,) int32 for faces whose new clusters are labels (N,) (-1 alone,
     clusters numbered 0.. in cluster order as cluster.canonical_labels gives them),
-    and the user's next_id after this run."""
+    and the user's next_id after this run; `preferred` (cluster -> id, ids distinct)
+    assigns those first."""
     labels = np.asarray(labels)
     previous = previous or PreviousPeople()
     n_clusters = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
@@ -55,13 +59,13 @@ def stable_person_ids(face_keys: Sequence[str], labels: np.ndarray,
         p = previous.person_of.get(key)
         if p is not None and p >= 0:
             overlap[c, p] = overlap.get((c, p), 0) + 1
-    assigned: dict[int, int] = {}
-    taken: set[int] = set()
+    assigned: dict[int, int] = dict(preferred or {})
+    taken: set[int] = set(assigned.values())
     for (c, p), _ in sorted(overlap.items(), key=lambda item: (-item[1], item[0][1], first_key[item[0][0]])):
         if c not in assigned and p not in taken:
             assigned[c] = p
             taken.add(p)
-    next_id = max([previous.next_id, *(p + 1 for p in previous.person_of.values())])
+    next_id = max([previous.next_id, *(p + 1 for p in previous.person_of.values()), *(p + 1 for p in taken)])
     for c in range(n_clusters):  # cluster order: largest first, ties by smallest face key
         if c not in assigned:
             assigned[c] = next_id

@@ -84,12 +84,6 @@ class DecodedPhoto:
     def height(self) -> int:
         return int(self.image.shape[0])
 
-    @property
-    def detect_scale(self) -> tuple[float, float]:
-        """(sx, sy) factors from detection-image pixels to full-resolution pixels."""
-        return (self.image.shape[1] / self.detect_image.shape[1],
-                self.image.shape[0] / self.detect_image.shape[0])
-
 
 @dataclass
 class Face:
@@ -97,7 +91,7 @@ class Face:
 
     box: (4,) float32 x1,y1,x2,y2; landmarks: (5,2) float32; embedding: (D,) float32 unit
     norm; thumbnail: JPEG of the aligned chip; quality in [0,1] and, below the gate, the
-    reason (pipeline.quality): low-quality faces never start or join a person.
+    reason (core.quality): low-quality faces never start or join a person.
     """
 
     box: np.ndarray

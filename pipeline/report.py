@@ -1,14 +1,18 @@
 """Static HTML report of the pipeline's Parquet outputs: browse each user's people like a photo app.
 
-Why: users judge the grouping by looking at it. The report is rebuilt from photos/, faces/, clusters/,
-failures/ and people/ alone (no re-detection), works offline as plain files, runs no script at all (every page
-carries a Content-Security-Policy with no script source, and every printed value is HTML-escaped by
-`el`), and pages big users so that a user with 10,000 faces opens fast.
+Why: users judge the grouping by looking at it, and fix it there. The report is rebuilt from photos/,
+faces/, clusters/, failures/ and people/ alone (no re-detection), works offline as plain files, and pages big
+users so that a user with 10,000 faces opens fast. Every printed value is HTML-escaped by `el`; the only
+scripts are the report's own files (every page carries a Content-Security-Policy allowing scripts from
+the report itself and nothing inline): assets/edit.js, the corrections editor (rename, merge, move,
+ignore; kept in the browser's localStorage and downloaded as a corrections file for `--corrections`),
+reads the user's people and their face keys from the user's edit-data.js, written here as JSON.
 
 Layout under <output>/report/ (file names come from hashes and integer ids, never from input names):
     index.html                         every user with counts and their largest people
-    assets/report.css, assets/icon.svg
+    assets/report.css, assets/icon.svg, assets/edit.js
     u-<h>/index.html, index-<n>.html   a user's summary, size chart and people pages
+    u-<h>/edit-data.js                 the user's people, every face key of each, for the editor
     u-<h>/person-<id>[-<n>].html       every face of one person, closest to the cluster centre first
     u-<h>/unclustered[-<n>].html       faces left unclustered (person_id -1)
     u-<h>/failures[-<n>].html          photos that failed, with stage and error
@@ -21,6 +25,7 @@ import argparse
 import hashlib
 import html
 import io
+import json
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -33,6 +38,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.corrections import IGNORED_REASON
 from pipeline.partitions import open_table
 from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, faces_schema
 
@@ -42,9 +48,15 @@ STRIP_FACES = 4          # faces shown in a person card besides the representati
 USER_PAGE_FACES = 24     # unclustered faces previewed on the user page
 USER_PAGE_FAILURES = 20  # failures previewed on the user page
 INDEX_AVATARS = 6        # largest people shown per user on the index
-ASSETS = ("report.css", "icon.svg")
-CSP = "default-src 'none'; img-src 'self'; style-src 'self'; base-uri 'none'; form-action 'none'"
-VOID = frozenset({"img", "meta", "link", "br"})
+ASSETS = ("report.css", "icon.svg", "edit.js")
+CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; base-uri 'none'; "
+       "form-action 'none'")
+EDIT_DATA = "edit-data.js"
+# Editor actions on the faces selected on a page (the button labels; assets/edit.js does the rest).
+FACE_ACTIONS = {"not": "Not this person", "move": "Move to person…", "new": "New person",
+                "ignore": "Ignore (not a face / a stranger)"}
+NAME_SOURCES = {"user": "named by you", "known_people": "known person"}
+VOID = frozenset({"img", "meta", "link", "br", "input"})
 LABEL_EM = 0.66  # average width of a bold sans-serif character, in font sizes (to fit box labels)
 
 # Only the columns the report reads; embeddings and other heavy columns are never loaded.
@@ -54,8 +66,9 @@ FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
                            "quality_reason")])
 # A known person's name may come as the `name` column of clusters/ or in a people/ table (one row
 # per person): both are read when present and tolerated when absent (outputs written before names
-# existed read the column as null).
-PEOPLE_COLUMNS = pa.schema([PEOPLE.field(n) for n in ("user_id", "person_id", "name")])
+# existed read the column as null). Likewise people/ `confirmed`, `name_source` and clusters/
+# `unclustered_reason` (pipeline.corrections), which tables written before corrections lack.
+PEOPLE_COLUMNS = pa.schema([PEOPLE.field(n) for n in ("user_id", "person_id", "name", "confirmed", "name_source")])
 
 
 class Html(str):
@@ -121,6 +134,7 @@ class Face:
     distance: float = 0.0
     thumb: str | None = None  # file under faces/, None when the thumbnail is missing
     low_quality: str | None = None  # why the face is below the quality gate (never in a person)
+    ignored: bool = False  # the user's corrections keep it out of people (clusters/ unclustered_reason)
 
 
 @dataclass
@@ -128,6 +142,8 @@ class Person:
     pid: int
     name: str | None
     faces: list[Face]  # closest to the cluster centre first: faces[0] is the representative
+    confirmed: bool = False  # people/ `confirmed`: the user's corrections decided this person
+    name_source: str | None = None  # people/ `name_source`: "user", "known_people" or unknown
 
     @property
     def title(self) -> str:
@@ -239,16 +255,20 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
                                                row["face_index"], tuple(row["box"]),
                                                low_quality=row["quality_reason"]))
     names: dict[int, set[str]] = {}
-    for row in tables.rows(tables.clusters, user_id, ["face_key", "person_id", "distance_to_centre", "name"]):
+    for row in tables.rows(tables.clusters, user_id,
+                           ["face_key", "person_id", "distance_to_centre", "name", "unclustered_reason"]):
         face = faces.get(row["face_key"])
         if face is None:
             continue
         face.person, face.distance = row["person_id"], row["distance_to_centre"]
+        face.ignored = row["unclustered_reason"] == IGNORED_REASON
         if row["name"]:
             names.setdefault(face.person, set()).add(row["name"])
-    for row in tables.rows(tables.people, user_id, ["person_id", "name"]):
+    marks: dict[int, tuple[bool, str | None]] = {}  # person id -> (confirmed, name_source)
+    for row in tables.rows(tables.people, user_id, ["person_id", "name", "confirmed", "name_source"]):
         if row["name"]:
             names.setdefault(row["person_id"], set()).add(row["name"])
+        marks[row["person_id"]] = bool(row["confirmed"]), row["name_source"]
 
     thumbs = {k: root / folder / "faces" / f"{digest(k)}.jpg" for k in faces}
     for k in tables.write_blobs(tables.faces, user_id, "face_key", "thumbnail", thumbs):
@@ -271,10 +291,11 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
     members: dict[int, list[Face]] = {}
     for face in faces.values():
         members.setdefault(face.person, []).append(face)
-    # faces alone first, low-quality faces (never grouped) after them, apart
-    unclustered = sorted(members.pop(-1, []), key=lambda f: (f.low_quality is not None, f.path, f.index, f.key))
-    people = [Person(pid, min(names[pid]) if pid in names else None,
-                     sorted(fs, key=lambda f: (f.distance, f.key))) for pid, fs in members.items() if pid >= 0]
+    # faces alone first, then those the user ignored, low-quality faces (never grouped) last, apart
+    unclustered = sorted(members.pop(-1, []),
+                         key=lambda f: (f.low_quality is not None, f.ignored, f.path, f.index, f.key))
+    people = [Person(pid, min(names[pid]) if pid in names else None, sorted(fs, key=lambda f: (f.distance, f.key)),
+                     *marks.get(pid, (False, None))) for pid, fs in members.items() if pid >= 0]
     people.sort(key=lambda p: (-len(p.faces), p.pid))
     failures = sorted((r["photo_path"], r["stage"], r["error"])
                       for r in tables.rows(tables.failures, user_id, ["photo_path", "stage", "error"]))
@@ -283,8 +304,9 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
 
 # ---------------------------------------------------------------- page pieces
 
-def page(title: str, crumbs: list[tuple[str, str | None]], body: object, depth: int) -> str:
-    """A whole document; `depth` is how many folders below report/ it lives (for asset links)."""
+def page(title: str, crumbs: list[tuple[str, str | None]], body: object, depth: int, edit: bool = False) -> str:
+    """A whole document; `depth` is how many folders below report/ it lives (for asset links). `edit`: a
+    page of a user's folder that loads the corrections editor (the user's edit-data.js, then edit.js)."""
     up = "../" * depth
     trail = []
     for i, (label, link) in enumerate(crumbs):
@@ -298,7 +320,9 @@ def page(title: str, crumbs: list[tuple[str, str | None]], body: object, depth: 
               el("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}),
               el("title", {}, title),
               el("link", {"rel": "icon", "href": href(up + "assets/icon.svg")}),
-              el("link", {"rel": "stylesheet", "href": href(up + "assets/report.css")}))
+              el("link", {"rel": "stylesheet", "href": href(up + "assets/report.css")}),
+              [el("script", {"src": href(src), "defer": True}) for src in (EDIT_DATA, up + "assets/edit.js")]
+              if edit else None)
     body_el = el("body", {},
                  el("header", {"class": "bar"}, el("nav", {"class": "crumbs"}, trail)),
                  el("main", {}, body),
@@ -358,23 +382,82 @@ def size_chart(people: list[Person]) -> Html | None:
                          "role": "img", "aria-label": "people by number of faces"}, parts))
 
 
+def badges(person: Person) -> list[Html]:
+    """What the user's corrections decided about a person (people/ `confirmed`, `name_source`)."""
+    marks = []
+    if person.confirmed:
+        marks.append(el("span", {"class": "badge confirmed", "title": "decided by your corrections"}, "confirmed"))
+    if person.name and person.name_source in NAME_SOURCES:
+        marks.append(el("span", {"class": f"badge by-{person.name_source}"}, NAME_SOURCES[person.name_source]))
+    return marks
+
+
 def person_card(person: Person, first: bool) -> Html:
     rep = person.faces[0]
-    return el("li", {"class": "card"}, el(
+    return el("li", {"class": "card", "data-person": person.pid}, el(
         "a", {"href": href(page_name(f"person-{person.pid}", 1))},
         thumb(rep, "avatar", person.title, 128, "first-card" if first else None),
-        el("span", {"class": "name"}, person.title),
+        el("span", {"class": "name"}, person.title), el("span", {"class": "badges"}, badges(person)),
         el("span", {"class": "count"}, plural(len(person.faces), "face")),
         el("span", {"class": "strip"}, [thumb(f, None, "", 30) for f in person.faces[1:1 + STRIP_FACES]])))
 
 
-def face_tile(face: Face) -> Html:
-    """A face linking to its photo page, where its box is highlighted (`#f<index>` target)."""
+def face_tile(face: Face, pick: bool) -> Html:
+    """A face linking to its photo page, where its box is highlighted (`#f<index>` target); `pick` adds
+    the checkbox that selects it for the corrections editor."""
     name = face.path.replace("\\", "/").rsplit("/", 1)[-1]
-    return el("li", {"class": "face low-quality" if face.low_quality else "face"}, el(
-        "a", {"href": href(f"photo-{digest(face.photo)}.html", f"f{face.index}"), "title": face.path},
-        thumb(face, None, face.path, 124), el("span", {"class": "cap"}, name),
-        el("span", {"class": "cap reason"}, f"low quality: {face.low_quality}") if face.low_quality else None))
+    return el("li", {"class": "face low-quality" if face.low_quality else "face", "data-key": face.key},
+              el("input", {"type": "checkbox", "class": "pick", "aria-label": f"select {name}"}) if pick else None,
+              el("a", {"href": href(f"photo-{digest(face.photo)}.html", f"f{face.index}"), "title": face.path},
+                 thumb(face, None, face.path, 124), el("span", {"class": "cap"}, name),
+                 el("span", {"class": "cap reason"}, f"low quality: {face.low_quality}")
+                 if face.low_quality else None,
+                 el("span", {"class": "cap reason"}, "ignored by you") if face.ignored else None))
+
+
+def edit_tools(pid: int | None, face_actions: tuple[str, ...]) -> Html:
+    """The corrections editor's controls, hidden until assets/edit.js shows them (a page without
+    scripts shows none): pending edits, undo and download on every page of a user; on a person
+    page (`pid`) rename and merge, and the chooser of a person to merge or move into; `face_actions`
+    act on the faces selected on the page."""
+    def button(action: str, label: str, disabled: bool = False) -> Html:
+        return el("button", {"type": "button", "data-do": action, "disabled": disabled}, label)
+    person = [button("rename", "Rename"), button("merge", "Merge into…"),
+              el("span", {"class": "rename", "hidden": True},
+                 el("input", {"type": "text", "aria-label": "new name", "maxlength": 200}),
+                 button("save-name", "Save"), button("close", "Cancel"))] if pid is not None else []
+    faces = [el("span", {"class": "picked"}, "No face selected"),
+             el("span", {"class": "face-actions"}, [button(a, FACE_ACTIONS[a], disabled=True) for a in face_actions])
+             ] if face_actions else []
+    return el("section", {"class": "edit", "hidden": True, "data-person": pid, "aria-label": "corrections"},
+              el("div", {"class": "tools"}, person, faces) if person or faces else None,
+              el("div", {"class": "chooser", "hidden": True},
+                 el("p", {"class": "prompt"}), el("ul", {"class": "choices"}), button("close", "Cancel"))
+              if pid is not None else None,
+              el("div", {"class": "pending"},
+                 el("span", {"class": "count"}, "No pending edits"), button("undo", "Undo", True),
+                 button("download", "Download corrections", True),
+                 el("span", {"class": "hint"}, "Edits stay in this browser until you download them; "
+                                               "re-run the pipeline with --corrections FILE to apply them.")))
+
+
+def edit_data(user: UserReport) -> str:
+    """The user's edit-data.js: every person with all face keys, for the editor on paginated pages.
+
+    JSON with <, > and & as \\u escapes (inert wherever it is read); `key`, a digest of the data and
+    of the faces not grouped (ignored or not), keeps the edits of two reports apart in localStorage,
+    among them the reports before and after a run applied the edits.
+    """
+    people = [{"id": p.pid, "title": p.title,
+               "thumb": href(f"faces/{p.faces[0].thumb}") if p.faces[0].thumb else None,
+               "faces": [f.key for f in p.faces]} for p in user.people]
+    body = {"user": user.user_id, "people": people}
+    alone = [[f.key, f.ignored] for f in user.unclustered]
+    data = json.dumps({"key": digest(json.dumps([body, alone], ensure_ascii=True)), **body}, ensure_ascii=True,
+                      separators=(",", ":"))
+    for char in "<>&":
+        data = data.replace(char, f"\\u{ord(char):04x}")
+    return f"window.facegroupEdit = {data};\n"
 
 
 def failure_table(failures: list[tuple[str, str, str]]) -> Html:
@@ -397,9 +480,10 @@ def write(path: Path, text: str) -> None:
 
 def write_pages(base: Path, stem: str, title: str, crumbs: list[tuple[str, str | None]], items: list,
                 per_page: int, render: Callable[[list], Html], head: object = None, heading: object = None,
-                intro: object = None, outro: object = None) -> list[list]:
-    """Write `items` as <stem>.html, <stem>-2.html, ... (head, heading, pager, listing, pager on each page;
-    intro before the heading and outro at the end of page 1 only); returns the items of each page."""
+                intro: object = None, outro: object = None, edit: Html | None = None) -> list[list]:
+    """Write `items` as <stem>.html, <stem>-2.html, ... (head, editor controls, heading, pager, listing,
+    pager on each page; intro before the heading and outro at the end of page 1 only); returns the items
+    of each page. Pages given `edit` (edit_tools) load the corrections editor."""
     pages = chunks(items, per_page)
     for n, chunk in enumerate(pages, 1):
         nav = pager(stem, n, len(pages))
@@ -407,7 +491,8 @@ def write_pages(base: Path, stem: str, title: str, crumbs: list[tuple[str, str |
         write(base / page_name(stem, n), page(
             title if first else f"{title} · page {n}",
             crumbs if first else crumbs[:-1] + [(crumbs[-1][0], page_name(stem, 1)), (f"page {n}", None)],
-            [head, intro if first else None, heading, nav, render(chunk), nav, outro if first else None], 1))
+            [head, edit, intro if first else None, heading, nav, render(chunk), nav, outro if first else None], 1,
+            edit is not None))
     return pages
 
 
@@ -418,8 +503,8 @@ def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_pag
     n_faces, n_people, n_unclustered = user.n_faces, len(user.people), len(user.unclustered)
     face_home: dict[str, tuple[str, str]] = {}  # face key -> (page holding it, label of its group)
 
-    def faces_grid(chunk: list[Face]) -> Html:
-        return el("ul", {"class": "faces"}, [face_tile(f) for f in chunk])
+    def faces_grid(chunk: list[Face], pick: bool = True) -> Html:
+        return el("ul", {"class": "faces"}, [face_tile(f, pick) for f in chunk])
 
     figures = [("Photos", f"{sum(user.statuses.values()):,}"), ("With faces", f"{user.statuses['faces']:,}"),
                ("No face", f"{user.statuses['no_face']:,}"), ("Failed", f"{len(user.failures):,}"),
@@ -429,7 +514,7 @@ def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_pag
     n_low = sum(f.low_quality is not None for f in user.unclustered)
     unclustered = [el("h2", {"id": "unclustered"}, f"Faces not grouped ({n_unclustered:,}"
                       + (f", {n_low:,} of them too poor to recognise, shown last)" if n_low else ")")),
-                   faces_grid(user.unclustered[:USER_PAGE_FACES]) if user.unclustered
+                   faces_grid(user.unclustered[:USER_PAGE_FACES], pick=False) if user.unclustered
                    else el("p", {"class": "muted"}, "Every face belongs to a person."),
                    el("a", {"class": "more", "href": "unclustered.html"},
                       f"All {n_unclustered:,} faces not grouped →")
@@ -445,21 +530,24 @@ def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_pag
                 else el("p", {"class": "muted"}, "No people found."),
                 head=el("h1", {}, user.user_id), heading=el("h2", {}, f"People ({n_people:,})"),
                 intro=el("section", {"class": "overview"}, stats(figures), size_chart(user.people)),
-                outro=[unclustered, failures])
+                outro=[unclustered, failures], edit=edit_tools(None, ()))
+    write(base / EDIT_DATA, edit_data(user))
 
     for person in user.people:
         head = el("div", {"class": "person-head"}, thumb(person.faces[0], "avatar", person.title, 112),
-                  el("div", {}, el("h1", {}, person.title),
+                  el("div", {}, el("h1", {}, person.title), el("span", {"class": "badges"}, badges(person)),
                      el("p", {"class": "muted"}, f"{plural(len(person.faces), 'face')} · most typical first")))
         stem = f"person-{person.pid}"
         pages = write_pages(base, stem, f"{person.title} · {user.user_id}", home + [(person.title, None)],
-                            person.faces, faces_per_page, faces_grid, head=head)
+                            person.faces, faces_per_page, faces_grid, head=head,
+                            edit=edit_tools(person.pid, tuple(FACE_ACTIONS)))
         face_home.update((f.key, (page_name(stem, n), person.title))
                          for n, chunk in enumerate(pages, 1) for f in chunk)
 
     title = "Faces not grouped"
     pages = write_pages(base, "unclustered", f"{title} · {user.user_id}", home + [(title, None)], user.unclustered,
-                        faces_per_page, faces_grid, head=el("h1", {}, f"{title} ({n_unclustered:,})"))
+                        faces_per_page, faces_grid, head=el("h1", {}, f"{title} ({n_unclustered:,})"),
+                        edit=edit_tools(None, ("ignore",)))
     face_home.update((f.key, (page_name("unclustered", n), "not grouped"))
                      for n, chunk in enumerate(pages, 1) for f in chunk)
     title = "Failed photos"

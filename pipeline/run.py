@@ -49,6 +49,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from pipeline import schemas
+from pipeline.corrections import UserConstraints, correction_files, describe, load_corrections, replay, run_record
 from pipeline.decode import LoadPhotos
 from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, embedder_info, launcher_embedder
 from pipeline.inputs import ListInput, NoPhotos, check_manifest, is_manifest, no_photos
@@ -92,10 +93,10 @@ def is_previous_part(item: Batch | PreviousPart) -> bool:
 
 def build(p: beam.Pipeline, opts: FaceGroupOptions, run_id: str, settings: InferenceSettings,
           previous: str | None = None, naming: Naming | None = None,
-          recorder: ProgressRecorder | None = None) -> None:
-    """Add the whole pipeline to `p` (options validated, known people loaded); `previous`
-    is the earlier output to reuse (pipeline.reuse.resolve_previous); listing and
-    inference report their counts to `recorder` when given."""
+          recorder: ProgressRecorder | None = None, corrections: dict[str, UserConstraints] | None = None) -> None:
+    """Add the whole pipeline to `p` (options validated, known people loaded, corrections
+    replayed); `previous` is the earlier output to reuse (pipeline.reuse.resolve_previous);
+    listing and inference report their counts to `recorder` when given."""
     args = (settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size, opts.min_det_score)
     handler = FaceModelHandler(*args) if recorder is None else CountingModelHandler(recorder, *args)
     planned = (p
@@ -115,7 +116,8 @@ def build(p: beam.Pipeline, opts: FaceGroupOptions, run_id: str, settings: Infer
         outcomes = (outcomes, previous_results) | "WithPrevious" >> beam.Flatten()
     _ = (outcomes
          | "GroupByUser" >> beam.GroupByKey()
-         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster, naming)))
+         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster, naming,
+                                                           corrections)))
 
 
 def known_people_record(folder: str, naming: Naming) -> dict:
@@ -143,6 +145,7 @@ class RunSummary:
     report: str | None = None
     previous: str | None = None  # the earlier output whose results were reused
     known_people: dict | None = None  # known_people_record of --known_people
+    corrections: dict | None = None  # pipeline.corrections.run_record of --corrections
 
     @property
     def photos(self) -> int:
@@ -190,6 +193,8 @@ class RunSummary:
                          f"{known['folder']} (threshold {known['threshold']:.2f}, margin {known['margin']:.2f}); "
                          f"named {self.total('named')} of {self.total('people')} people")
             lines += [f"  skipped reference photo {s['photo']}: {s['reason']}" for s in known["skipped"]]
+        if self.corrections:
+            lines += describe(self.corrections)
         lines.append("people per user:")
         for u in self.users[:MAX_USERS_PRINTED]:
             named = f" ({u.named} named)" if known else ""
@@ -276,9 +281,10 @@ def in_process_runner(options: PipelineOptions) -> str:
 def run(argv: list[str] | None = None) -> RunSummary:
     """Run the pipeline with command-line `argv`; returns the checked summary.
 
-    Before any work: options validated, --output proven writable (pipeline.output_probe)
+    Before any work: options validated, --corrections read and replayed
+    (pipeline.corrections), --output proven writable (pipeline.output_probe)
     and locked for this run (pipeline.run_lock). Raises ValueError/FileNotFoundError for bad
-    options, output or input (nothing written but the probe), RunFailed (pipeline.run_log:
+    options, corrections, output or input (nothing written but the probe), RunFailed (pipeline.run_log:
     one line, the traceback in OUTPUT/_logs/) for anything else, such as a failed step of the
     pipeline or a listed photo missing from the outputs (no _SUCCESS then).
     """
@@ -286,6 +292,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
+    corrections = replay(load_corrections(opts.corrections or []))
     run_id = uuid.uuid4().hex[:12]
     probe_output(opts.output, run_id)
     lock = acquire(opts.output, run_id, opts.lock_stale_minutes * 60, opts.force)
@@ -294,7 +301,7 @@ def run(argv: list[str] | None = None) -> RunSummary:
     with lock, KeptBeamErrors(keep=not opts.verbose) as beam_errors:
         progress = Progress()
         try:
-            summary = execute(options, opts, runner, run_id, lock, progress)
+            summary = execute(options, opts, runner, run_id, lock, progress, corrections)
         except Exception as exc:
             if isinstance(exc, NoPhotos) or (not progress.pipeline_started
                                              and isinstance(exc, (ValueError, FileNotFoundError))):
@@ -316,8 +323,9 @@ class Progress:
 
 
 def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_id: str, lock: RunLock,
-            progress: Progress) -> RunSummary:
-    """Run the pipeline and finalise the output (options validated, output locked)."""
+            progress: Progress, corrections: dict[str, UserConstraints] | None = None) -> RunSummary:
+    """Run the pipeline and finalise the output (options validated, corrections replayed,
+    output locked)."""
     if is_manifest(opts.input):
         check_manifest(opts.input)
     progress.step = "loading the embedder"
@@ -337,7 +345,7 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
         FileSystems.delete([success])
     printer = None if opts.quiet else ProgressPrinter(opts.output, run_id, opts.progress_seconds)
     p = beam.Pipeline(options=options)
-    build(p, opts, run_id, settings, previous, naming, printer.recorder() if printer else None)
+    build(p, opts, run_id, settings, previous, naming, printer.recorder() if printer else None, corrections)
     start = time.perf_counter()
     with printer or contextlib.nullcontext():  # DirectRunner runs the whole pipeline inside p.run()
         result = p.run()
@@ -354,7 +362,10 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     summary = RunSummary(run_id, runner, opts.output, sum(listed.values()), wall,
                          asdict(embedder), opts.cluster, users, skipped, beam_counters(result),
                          previous=previous,
-                         known_people=known_people_record(opts.known_people, naming) if naming else None)
+                         known_people=known_people_record(opts.known_people, naming) if naming else None,
+                         corrections=run_record(correction_files(opts.corrections), corrections,
+                                                {u.user_id: u.corrections for u in users})
+                         if opts.corrections else None)
     summary.check()
     progress.step = "writing the report"
     summary.report = build_report(opts.output)

@@ -44,7 +44,7 @@ def faces_schema(dim: int, lineage: dict | None = None) -> pa.Schema:
         pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
         pa.field("landmarks", pa.list_(pa.float32(), 10), nullable=False),
         pa.field("det_score", pa.float32(), nullable=False),
-        pa.field("quality", pa.float32()),  # pipeline.quality, in [0, 1]; null in tables written before it
+        pa.field("quality", pa.float32()),  # core.quality, in [0, 1]; null in tables written before it
         pa.field("quality_reason", pa.string()),  # why it is below the gate; null = fine
         pa.field("embedder", pa.string(), nullable=False),
         pa.field("embedder_version", pa.string(), nullable=False),
@@ -68,7 +68,11 @@ CLUSTERS = pa.schema([
     pa.field("person_id", pa.int32(), nullable=False),
     pa.field("cluster_size", pa.int32(), nullable=False),
     pa.field("distance_to_centre", pa.float32(), nullable=False),
-    pa.field("name", pa.string()),  # the person's known name (--known_people), null = unnamed
+    pa.field("name", pa.string()),  # the person's name (the user's, else --known_people's), null = unnamed
+    # the person was confirmed by a user correction (pipeline.corrections); null in tables written before
+    pa.field("confirmed", pa.bool_()),
+    # why a face is in no person: "ignored by user", or its quality_reason when below the gate; else null
+    pa.field("unclustered_reason", pa.string()),
 ])
 
 FAILURES = pa.schema([
@@ -78,15 +82,20 @@ FAILURES = pa.schema([
     pa.field("error", pa.string(), nullable=False),
 ])
 
-#: One row per person (person_id >= 0) of a user, named from --known_people
-#: (pipeline.known_people); without known people every name and match_distance is null.
+#: One row per person (person_id >= 0) of a user, named by the user's corrections
+#: (pipeline.corrections) or else from --known_people (pipeline.known_people); without
+#: either every name is null (and without known people every match_distance).
 PEOPLE = pa.schema([
     pa.field("user_id", pa.string(), nullable=False),
     pa.field("person_id", pa.int32(), nullable=False),
     pa.field("name", pa.string()),  # null = not named (unknown or ambiguous)
     pa.field("match_distance", pa.float32()),  # to the nearest known name; null = no known people
     pa.field("face_count", pa.int32(), nullable=False),
+    pa.field("confirmed", pa.bool_()),  # confirmed by a user correction; null in tables written before
+    pa.field("name_source", pa.string()),  # NAME_SOURCES, null when unnamed
 ])
+#: Where a person's name comes from: the user's corrections win over --known_people.
+NAME_SOURCES = ("user", "known_people")
 
 
 #: Parquet key-value metadata. photos/ and faces/ files carry the InferenceSettings

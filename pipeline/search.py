@@ -25,12 +25,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from core.faces import PhotoFaces
 from models.embedders import FaceEmbedder, get_embedder
 from models.mtcnn import MTCNN
 from pipeline.decode import encode_jpeg
 from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE, DEFAULT_MIN_FACE_SIZE
 from pipeline.outputs import face_embeddings, table_path
-from pipeline.photo_faces import PhotoFaces, photo_faces
+from pipeline.photo_faces import photo_faces
 from pipeline.reuse import recorded_settings
 from pipeline.thresholds import thresholds_for
 from pipeline.users import encode_user_id
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         faces = load_user_faces(args.output, args.user)
         embedder = matching_embedder(faces, args.device, args.weights)
         detector = MTCNN(min_face_size=faces.min_face_size, device=embedder.device)
-        query = photo_faces(args.photo, detector, embedder, faces.max_detect_side, faces.min_det_score)
+        query = photo_faces([args.photo], detector, embedder, max_detect_side=faces.max_detect_side,
+                            min_det_score=faces.min_det_score)[0]
         qi = query_face(query, args.photo, args.face_index)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

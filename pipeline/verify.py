@@ -1,7 +1,7 @@
 """Are two photos of the same person? Face verification from the command line.
 
 Each photo's face is the detected face covering most of the photo (ties: the most central;
-pipeline.photo_faces.largest_face). The decision is distance < the embedder version's
+core.faces.LARGEST). The decision is distance < the embedder version's
 verification threshold (pipeline/thresholds.py, derived on LFW View-1).
 
     python -m pipeline.verify a.jpg b.jpg [--embedder dlib-resnet] [--weights PATH] [--device cpu]
@@ -15,9 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from core.faces import LARGEST
 from models.embedders import DEFAULT_EMBEDDER, EMBEDDERS, FaceEmbedder, get_embedder
 from models.mtcnn import MTCNN
-from pipeline.photo_faces import faces_in, largest_face, read_photo
+from pipeline.photo_faces import photo_faces
 from pipeline.thresholds import thresholds_for
 
 
@@ -29,13 +30,11 @@ def same_person(distance: float, threshold: float) -> bool:
 def main_faces(paths: Sequence[Path], detector: MTCNN, embedder: FaceEmbedder) -> list[tuple[np.ndarray, int]]:
     """(embedding (D,), number of faces found) of the largest face of each photo, detected
     and embedded in one batch; ValueError naming the first photo without a face."""
-    faces = faces_in([read_photo(p) for p in paths], detector, embedder)
     out = []
-    for path, found in zip(paths, faces):
-        i = largest_face(found.detections, found.image.shape[1], found.image.shape[0])
-        if i is None:
+    for path, found in zip(paths, photo_faces(paths, detector, embedder, LARGEST)):
+        if len(found) == 0:
             raise ValueError(f"no face found in {path}")
-        out.append((found.embeddings[i], len(found)))
+        out.append((found.embeddings[0], found.found))
     return out
 
 

@@ -139,7 +139,7 @@ def lfw_library(lfw):
     """~100 real LFW faces embedded by the real pipeline: 6 people x 12 photos + 25 people
     with a single photo (a small long-tailed library). Returns (x (N,128), identities (N,))."""
     from bench.cluster_eval import lfw_identities
-    from bench.lfw_embed import embed_images
+    from core.lfw import embed_images
 
     identities = lfw_identities(lfw)
     many = [n for n in sorted(identities) if len(identities[n]) >= 15][::12][:6]

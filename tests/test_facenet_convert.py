@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.lfw_embed import embed_images, read_pairs
+from core.lfw import embed_images, read_pairs
 from models.facenet_convert import keras_h5_state_dict, load_converted, torch_names
 from models.graphdef import read_graphdef
 from models.inception_resnet_v1 import InceptionResnetV1
@@ -145,3 +145,28 @@ def test_ensemble_is_unit_and_sums_squared_distances_in_member_units(lfw):
         [m.embed(m.face_inputs(image, faces)) for m in ensemble.members]), atol=1e-6)
     with pytest.raises(ValueError, match="does not apply to the ensemble"):
         get_embedder("ensemble", weights="x.pt")
+
+
+def test_ensemble_members_in_bfloat16_stay_close_to_float32(lfw):
+    """The ensemble runs its members in bfloat16 where the CPU has it in hardware (the
+    cost that makes it the default); on real faces each member's embedding stays within
+    2.5% of its distance unit (its verification threshold) of the float32 one."""
+    from models.embedders import bf16_native
+    from models.mtcnn import MTCNN
+
+    paths = sorted(lfw.glob("Tony_Blair/*.jpg"))[:12] + sorted(lfw.glob("Serena_Williams/*.jpg"))[:12]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    detections = MTCNN().detect(images)
+    ensemble = get_embedder("ensemble")
+    native = bf16_native(torch.device("cpu"))
+    for member, unit in zip(ensemble.members, ensemble.units):
+        assert member.version.endswith("+bf16")
+        assert member.dtype == (torch.bfloat16 if native else torch.float32)
+        reference = get_embedder(member.name)
+        assert reference.dtype == torch.float32 and not reference.version.endswith("+bf16")
+        chips = np.concatenate([member.face_inputs(im, d) for im, d in zip(images, detections)])
+        fast, exact = member.embed(chips), reference.embed(chips)
+        gap = np.linalg.norm(fast - exact, axis=1)
+        assert gap.max() <= 0.025 * unit, f"{member.name}: bfloat16 off by {gap.max():.4f}"
+        if native:  # really computed in bfloat16, not silently in float32
+            assert gap.max() > 1e-4

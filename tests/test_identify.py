@@ -4,7 +4,7 @@ Why: these are the user-facing identification features; each must give the right
 on real faces through the real detector + aligner + embedder. Identities come from View-2
 and are not in pairsDevTrain.txt, on which the thresholds were derived.
 Naming runs the whole pipeline (DirectRunner, --known_people) on a small library; search and
-verification libraries are embedded through bench/lfw_embed (computed afresh on a clean machine,
+verification libraries are embedded through core.lfw (computed afresh on a clean machine,
 cached in ~/.cache/facegroup), query and reference photos through the code under test
 (detector included).
 """
@@ -24,10 +24,11 @@ from PIL import Image
 
 from bench.cluster_eval import lfw_identities, pair_names
 from bench.identify_lfw import verify_sample
-from bench.lfw_embed import embed_images
+from core.faces import ALL, CENTRE, LARGEST, main_face
+from core.lfw import embed_images
 from models.embedders import get_embedder
 from models.weights import file_sha256
-from models.mtcnn import MTCNN, Detections, centre_face
+from models.mtcnn import MTCNN, Detections
 from pipeline import schemas, search, verify
 from pipeline.decode import encode_jpeg
 from pipeline.partitions import file_table
@@ -35,7 +36,7 @@ from pipeline.inference import InferenceSettings, embedder_info
 from pipeline.known_people import load_known_people, load_naming, reference_photos
 from pipeline.naming import people_table
 from pipeline.outputs import WriteUserTables
-from pipeline.photo_faces import largest_face, photo_faces
+from pipeline.photo_faces import photo_faces
 from pipeline.report import digest
 from pipeline.run import main, run
 from pipeline.thresholds import thresholds_for
@@ -132,7 +133,7 @@ def labelled_faces(faces: pa.Table, photos: pa.Table, truth: dict[str, str]) -> 
         det = Detections(np.array([f["box"] for f in found], np.float32), np.array([f["det_score"] for f in found]),
                          np.array([f["landmarks"] for f in found], np.float32).reshape(-1, 5, 2))
         p = photo[sha]
-        out[found[centre_face(det, p["width"], p["height"])]["face_key"]] = truth[p["photo_path"]]
+        out[found[main_face(det, p["width"], p["height"], CENTRE)]["face_key"]] = truth[p["photo_path"]]
     return out
 
 
@@ -204,13 +205,16 @@ def test_one_person_under_two_names_is_named_neither(pool, tmp_path, detector, e
 def test_reference_face_is_the_largest_visible_one(lfw, detector, embedder):
     """Ali_Naimi_0008 shows him in the middle and, cut by the photo's edge, a face whose
     box is larger but reaches outside the photo: his face is the one used."""
-    faces = photo_faces(lfw / "Ali_Naimi" / "Ali_Naimi_0008.jpg", detector, embedder)
+    photo = lfw / "Ali_Naimi" / "Ali_Naimi_0008.jpg"
+    faces = photo_faces([photo], detector, embedder)[0]
+    main = photo_faces([photo], detector, embedder, LARGEST)[0]
     b = faces.detections.boxes
-    chosen = largest_face(faces.detections, 250, 250)
+    chosen = main_face(faces.detections, 250, 250, LARGEST)
     widest = int(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).argmax())
     assert widest != chosen and ((b[widest] < 0) | (b[widest] > 250)).any()
-    det = faces.detections
-    assert chosen == centre_face(Detections(det.boxes, det.scores, det.landmarks), 250, 250)
+    assert chosen == main_face(faces.detections, 250, 250, CENTRE)
+    assert len(main) == 1 and main.found == len(faces) > 1
+    np.testing.assert_array_equal(main.detections.boxes[0], b[chosen])
 
 
 def test_known_people_refuse_other_embedder_versions_and_missing_folders(lfw, embedder, tmp_path, capsys):
@@ -284,9 +288,8 @@ def search_library(pool, lfw, embedder, tmp_path_factory):
 def query_embedding(photo: Path, detector, embedder) -> tuple[np.ndarray, int]:
     """(embedding, face index) of the labelled (centre) face of an LFW photo, through the
     search's query path."""
-    faces = photo_faces(photo, detector, embedder)
-    det = faces.detections
-    i = search.query_face(faces, photo, centre_face(Detections(det.boxes, det.scores, det.landmarks), 250, 250))
+    faces = photo_faces([photo], detector, embedder, ALL)[0]
+    i = search.query_face(faces, photo, main_face(faces.detections, 250, 250, CENTRE))
     return faces.embeddings[i], i
 
 

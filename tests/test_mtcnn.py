@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from core.faces import CENTRE, main_face
 from models.box_ops import batched_nms, nms
-from models.mtcnn import MTCNN, Detections, PNet, centre_face
+from models.mtcnn import MTCNN, Detections, PNet
 from tests.conftest import lfw_image
 
 PEOPLE = ["Aaron_Eckhart", "Colin_Powell", "Serena_Williams", "Tony_Blair", "Yoko_Ono"]
@@ -58,7 +59,7 @@ def _assert_plausible(det: Detections) -> None:
 
 def test_lfw_face_found_at_centre(mixed):
     det = mixed["lfw"]
-    i = centre_face(det, 250, 250)
+    i = main_face(det, 250, 250, CENTRE)
     assert i is not None and det.scores[i] > 0.99
     box = det.boxes[i]
     centre = (box[:2] + box[2:]) / 2
@@ -69,8 +70,8 @@ def test_lfw_face_found_at_centre(mixed):
 
 def test_upscaled_photo_gives_the_scaled_box(mixed):
     small, big = mixed["lfw"], mixed["upscaled"]
-    i = centre_face(big, 400, 333)
-    scaled = small.boxes[centre_face(small, 250, 250)] * np.float32([400 / 250, 333 / 250] * 2)
+    i = main_face(big, 400, 333, CENTRE)
+    scaled = small.boxes[main_face(small, 250, 250, CENTRE)] * np.float32([400 / 250, 333 / 250] * 2)
     assert _iou(big.boxes[i], scaled) > 0.75
     _assert_plausible(big)
 
@@ -92,7 +93,7 @@ def test_face_less_photos_give_empty_detections(mixed):
         assert len(det) == 0
         assert det.boxes.shape == (0, 4) and det.scores.shape == (0,)
         assert det.landmarks.shape == (0, 5, 2)
-        assert centre_face(det, 320, 180) is None
+        assert main_face(det, 320, 180, CENTRE) is None
 
 
 def test_batch_equals_alone(detector, photos, mixed):

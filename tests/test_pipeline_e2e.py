@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from models.mtcnn import Detections, centre_face
+from core.faces import CENTRE, main_face
+from models.mtcnn import Detections
 from pipeline import schemas
 from pipeline.partitions import open_table
 from pipeline.run import main, run
@@ -212,7 +213,7 @@ def test_people_match_lfw_identities(result):
             det = Detections(boxes=np.array([f["box"] for f in found], np.float32),
                              scores=np.array([f["det_score"] for f in found], np.float32),
                              landmarks=np.array([f["landmarks"] for f in found], np.float32).reshape(-1, 5, 2))
-            face = found[centre_face(det, p["width"], p["height"])]
+            face = found[main_face(det, p["width"], p["height"], CENTRE)]
             pid = person[face["face_key"]]
             labels[p["photo_path"]] = pid if pid >= 0 else f"alone:{face['face_key']}"
         for x, y in combinations(sorted(labels), 2):

@@ -15,7 +15,7 @@ import pytest
 from bench.cluster_eval import lfw_identities
 from bench.face_quality import detect_with_scores, qualities
 from bench.junk import junk_path
-from pipeline.quality import GATE, face_measures, quality_of
+from core.quality import GATE, face_measures, quality_of
 
 #: kind of junk -> reasons that may explain it (a cut face may also lose its sharpness).
 REASONS = {"blur": {"blurred", "flat"}, "dark": {"dark", "flat"}, "cut": {"cut", "profile", "blurred", "small"},

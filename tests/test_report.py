@@ -16,6 +16,7 @@ import hashlib
 import html.parser
 import importlib.util
 import io
+import json
 import os
 import shutil
 import threading
@@ -34,8 +35,9 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from pipeline.corrections import IGNORED_REASON
 from pipeline.naming import people_table
-from pipeline.report import build_report, main
+from pipeline.report import build_report, digest, main
 from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, face_key, faces_schema
 from tests.conftest import REPO, lfw_image
 
@@ -66,6 +68,10 @@ KNOWN = [("Ariel_Sharon", 4, "Ариэль Шарон"), ("Hugo_Chavez", 2, "Hug
 NAME_THRESHOLD, NAME_MARGIN = 0.6, 0.1
 # alice's faces of this identity (one photo, unclustered) are marked below the quality gate.
 LOW_QUALITY = "Abba_Eban"
+# alice's tables have the columns that corrections add (the other user's people/ table is written
+# without them, as before corrections): CONFIRMED is confirmed by the user, who named them, the other
+# names are from known people; the face of IGNORED (seen once, not grouped) was ignored by the user.
+CONFIRMED, IGNORED = "Colin_Powell", "Aaron_Eckhart"
 
 
 def _write(out: Path, table: str, schema: pa.Schema, rows: list[dict]) -> None:
@@ -159,16 +165,24 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                        distance_to_centre=float(np.linalg.norm(emb - centres[member])) if member else 0.0)
             if user == "alice":
                 row["name"] = NAMES.get(member)
+                row["unclustered_reason"] = IGNORED_REASON if face["photo_path"].startswith(IGNORED) else None
             clusters.append(row)
         _write(out, "photos", PHOTOS, photos)
         _write(out, "faces", faces_schema(128), faces)
         _write(out, "clusters", CLUSTERS, clusters)
         _write(out, "failures", FAILURES, [failure])
+        if user == "alice":
+            _write(out, "people", PEOPLE, [
+                dict(user_id=user, person_id=pid, name=NAMES.get(n), match_distance=None,
+                     face_count=identity_of.count(n), confirmed=n == CONFIRMED,
+                     name_source="user" if n == CONFIRMED else "known_people" if n in NAMES else None)
+                for pid, n in enumerate(people)])
         if user == HOSTILE_USER:
             named_people = people_table(user, np.array([c["person_id"] for c in clusters]), np.stack(embeddings),
                                         np.stack(known), np.array([n for _, _, n in KNOWN]), NAME_THRESHOLD,
                                         NAME_MARGIN)
-            _write(out, "people", PEOPLE, named_people.to_pylist())
+            old = [f for f in PEOPLE if f.name not in ("confirmed", "name_source")]  # as before corrections
+            _write(out, "people", pa.schema(old), named_people.select([f.name for f in old]).to_pylist())
     # A user whose only photo failed still gets a row on the index.
     _write(out, "photos", PHOTOS, [dict(user_id="carol", photo_path="scan.heic", photo_sha256=None,
                                         status="failed", n_faces=0, width=None, height=None, preview=None)])
@@ -213,12 +227,26 @@ def _person_sizes(out: Path, user: str) -> list[int]:
 
 
 class _Links(html.parser.HTMLParser):
+    """Every href/src of a page, and the src of each of its scripts (and any script text)."""
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
+        self.scripts: list[str | None] = []
+        self.script_text = ""
+        self._in_script = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.links += [v for k, v in attrs if k in ("href", "src") and v is not None]
+        if tag == "script":
+            self.scripts.append(dict(attrs).get("src"))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.script_text += data
 
 
 def test_fixture_is_real(library: Path) -> None:
@@ -240,10 +268,16 @@ def test_files_are_static_self_contained_and_escaped(report: Path) -> None:
     assert all(max(Image.open(p).size) <= PREVIEW_SIDE for p in previews)  # previews, not full photos
     for page in pages:
         text = page.read_text(encoding="utf-8")
-        for raw in ("<img src=x", "<script", "<b>", "'single'"):
-            assert raw not in text, f"{raw!r} printed unescaped in {page.name}"
         parser = _Links()
         parser.feed(text)
+        # the only scripts: the editor and its user's data (on a user's people, person and unclustered pages)
+        editor = page.parent != report and page.name.startswith(("index", "person-", "unclustered"))
+        assert parser.scripts == (["edit-data.js", "../assets/edit.js"] if editor else []), page
+        assert not parser.script_text, f"inline script in {page.name}"
+        text = text.replace('<script src="edit-data.js" defer></script>', "").replace(
+            '<script src="../assets/edit.js" defer></script>', "")
+        for raw in ("<img src=x", "<script", "<b>", "'single'"):
+            assert raw not in text, f"{raw!r} printed unescaped in {page.name}"
         for link in parser.links:
             parts = urlsplit(link)
             assert not parts.scheme and not parts.netloc and not link.startswith("/"), f"{link} in {page.name}"
@@ -251,6 +285,28 @@ def test_files_are_static_self_contained_and_escaped(report: Path) -> None:
             assert target.is_relative_to(report.resolve()) and target.is_file(), f"broken {link} in {page.name}"
     # Report file names come from hashes and ids only.
     assert all(all(c.isalnum() or c in "-._" for c in p.name) for p in report.rglob("*"))
+
+
+def edit_data(report: Path, user: str) -> dict:
+    """The user's edit-data.js (people and their face keys for the corrections editor), checked to be
+    one JSON assignment in which no <, > or & appears, whatever the names and user ids."""
+    prefix = "window.facegroupEdit = "
+    text = (report / f"u-{digest(user, 16)}" / "edit-data.js").read_text(encoding="utf-8")
+    assert text.startswith(prefix) and text.endswith(";\n") and not set("<>&") & set(text)
+    return json.loads(text[len(prefix):-2])
+
+
+def test_edit_data_lists_every_face(library: Path, report: Path) -> None:
+    """Each person's every face key is there: person pages are paginated, merges and moves need all."""
+    for user in ("alice", HOSTILE_USER):
+        data = edit_data(report, user)
+        expected: dict[int, set[str]] = {}
+        for row in _rows(library, "clusters", user):
+            if row["person_id"] >= 0:
+                expected.setdefault(row["person_id"], set()).add(row["face_key"])
+        assert data["user"] == user and {p["id"]: set(p["faces"]) for p in data["people"]} == expected
+        assert all(len(p["faces"]) == len(expected[p["id"]]) for p in data["people"])
+    assert XSS_FLAG in [p["title"] for p in edit_data(report, "alice")["people"]]
 
 
 def test_rebuild_is_identical_and_replaces(library: Path, report: Path) -> None:
@@ -402,8 +458,14 @@ def test_browse_people_in_chromium(browser, library: Path, report: Path) -> None
     low = [t for t in tiles if "low-quality" in t.get_attribute("class")]
     assert low and tiles[-len(low):] == low and all("low quality: blurred" in t.text for t in low)
     assert "too poor to recognise" in driver.find_element(By.ID, "unclustered").text
+    ignored = [t for t in tiles if "ignored by you" in t.text]  # by the user's corrections
+    assert len(ignored) == 1 and tiles.index(ignored[0]) == len(tiles) - len(low) - 1
     assert "cannot identify image file" in driver.find_element(By.CSS_SELECTOR, "table.failures").text
     _settle(driver, "02-user-alice")
+    # people/ `confirmed` and `name_source` as badges under the name (a person with neither has none)
+    cards = {t.split("\n")[0]: t.split("\n")[1:-1] for t, _ in _over_pages(driver, "li.card a")}
+    assert cards["Colin Powell"] == ["confirmed", "named by you"] and cards["George W. Bush"] == ["known person"]
+    assert cards["Person 3"] == []  # Tony_Blair: no name, not confirmed
 
     # George W. Bush's faces, closest to the cluster centre first, straight from Parquet.
     faces = {f["face_key"]: f for f in _rows(library, "faces", "alice")}
@@ -448,6 +510,7 @@ def test_hostile_names_show_as_text(browser, library: Path) -> None:
     assert driver.find_element(By.TAG_NAME, "h1").text == HOSTILE_USER
     assert sorted(c.text for c in driver.find_elements(By.CSS_SELECTOR, "li.card .name")) == [
         "Person 1", "Ариэль Шарон"]  # a name from the people/ table; Gerhard_Schroeder (person 1) has none
+    assert not driver.find_elements(By.CSS_SELECTOR, ".badge")  # a people/ table without the corrections' columns
     page = driver.find_element(By.TAG_NAME, "body").text
     assert "<script>window.__xss=3</script> cannot identify image file" in page
     assert "<img src=x onerror=window.__xss=2>" in page
@@ -492,6 +555,13 @@ def test_opens_from_disk(browser, report: Path) -> None:
     _wait_images(driver)
     assert driver.execute_script("return getComputedStyle(document.querySelector('.avatar')).borderRadius") == "50%"
     driver.find_elements(By.CSS_SELECTOR, "li.card a")[0].click()
+    # the corrections editor runs there too, and keeps an edit across a reload
+    driver.find_element(By.CSS_SELECTOR, 'section.edit button[data-do="rename"]').click()
+    driver.find_element(By.CSS_SELECTOR, ".rename input").send_keys(" Jr.\n")
+    driver.refresh()
+    assert driver.find_element(By.TAG_NAME, "h1").text == "George W. Bush Jr."
+    driver.find_element(By.CSS_SELECTOR, 'section.edit button[data-do="undo"]').click()
+    assert driver.find_element(By.TAG_NAME, "h1").text == "George W. Bush"
     driver.find_elements(By.CSS_SELECTOR, "li.face a")[0].click()
     _wait_images(driver)
     assert driver.execute_script("return document.querySelector('.photo img').naturalWidth") == PREVIEW_SIDE

@@ -229,7 +229,7 @@ def lfw_faces(lfw: Path):
     names = sorted(p.name for p in lfw.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 10)
     names = names[:N_IDS]
     paths = [lfw / n / f"{n}_{i:04d}.jpg" for n in names for i in range(1, PER_ID + 1)]
-    chips, detected = CentreFaces(embedder.align, progress=False).chips(paths)
+    chips, detected = CentreFaces(embedder, progress=False).chips(paths)
     assert detected.mean() >= 0.9
     labels = [p.parent.name for p in paths]
     faces = _faceset(chips[detected], [n for n, d in zip(labels, detected) if d],
@@ -321,7 +321,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(lfw_faces, tmp_path: Pat
 
 def _mini_view1(lfw: Path, root: Path, n: int) -> None:
     """An LFW root with View-1 pairs files of the first n matched and n mismatched pairs."""
-    from bench.lfw_embed import read_pairs
+    from core.lfw import read_pairs
 
     for name in ("pairsDevTrain.txt", "pairsDevTest.txt"):
         lines = (lfw / name).read_text().split("\n")
@@ -336,14 +336,13 @@ def _mini_view1(lfw: Path, root: Path, n: int) -> None:
 
 
 def test_view1_evaluation_matches_a_direct_computation(lfw: Path, tmp_path: Path) -> None:
-    from bench.lfw_embed import read_pairs
-    from bench.lfw_verify import best_threshold
+    from core.lfw import best_threshold, read_pairs
 
     root = tmp_path / "lfw"
     _mini_view1(lfw, root, 10)
     embedder = get_embedder("dlib-resnet")
     split = SplitNetwork(load_dlib_resnet(), "last")
-    faces = LfwCentreFaces(embedder.align, cache_dir=tmp_path / "cache", progress=False)
+    faces = LfwCentreFaces(embedder, cache_dir=tmp_path / "cache", progress=False)
     result = View1Evaluator(root, split, embedder, torch.device("cpu"), faces).evaluate(split)
 
     def distances(name: str) -> tuple[np.ndarray, np.ndarray]:
