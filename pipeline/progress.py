@@ -134,7 +134,7 @@ def format_duration(seconds: float) -> str:
 def progress_line(done: int, listed: int, rate: float, failed: int) -> str:
     """The line printed while a run goes on (done capped at listed; rate in photos/s)."""
     done = min(done, listed)
-    percent = 100 * done // listed if listed else 100
+    percent = 100 * done // listed if listed else 0  # nothing listed yet: the listing is still going on
     eta = format_duration((listed - done) / rate) if rate > 0 else "unknown"
     return (f"progress: {done}/{listed} photos ({percent}%), {rate:.1f} photos/s, ETA {eta}, "
             f"{failed} failed")

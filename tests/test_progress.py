@@ -34,7 +34,7 @@ def test_line_shows_done_of_listed_rate_eta_and_failures():
     assert progress_line(340, 1000, 18.2, 2) == "progress: 340/1000 photos (34%), 18.2 photos/s, ETA 36 s, 2 failed"
     assert progress_line(0, 1000, 0.0, 0) == "progress: 0/1000 photos (0%), 0.0 photos/s, ETA unknown, 0 failed"
     assert progress_line(1020, 1000, 5.0, 1).startswith("progress: 1000/1000 photos (100%)")  # retried batches
-    assert progress_line(0, 0, 0.0, 0).startswith("progress: 0/0 photos (100%)")
+    assert progress_line(0, 0, 0.0, 0).startswith("progress: 0/0 photos (0%)")  # still listing
     assert [format_duration(s) for s in (0.4, 89, 90, 100_000 / 20, 5400, 7199)] == [
         "0 s", "89 s", "2 min", "83 min", "1 h 30 min", "2 h 00 min"]
 
