@@ -218,12 +218,14 @@ def manifest_rows(shard: ListingShard) -> Iterator[tuple[object, object]]:
     """(user_id, path) of this shard's manifest rows, MANIFEST_CHUNK_ROWS at a time: a
     Parquet file's row groups go round the shards; a CSV (no safe split points: quoted
     fields may hold newlines) is streamed by shard 0."""
+    csv_file = shard.location.lower().endswith(".csv")
+    if csv_file and shard.shard != 0:
+        return
     with _open(shard.location) as f:
-        if shard.location.lower().endswith(".csv"):
-            if shard.shard == 0:
-                reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
-                _check_columns(list(reader.fieldnames or []), shard.location)
-                yield from ((row["user_id"], row["path"]) for row in reader)
+        if csv_file:
+            reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
+            _check_columns(list(reader.fieldnames or []), shard.location)
+            yield from ((row["user_id"], row["path"]) for row in reader)
             return
         parquet = pq.ParquetFile(f)
         _check_columns(parquet.schema_arrow.names, shard.location)
