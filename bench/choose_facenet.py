@@ -28,7 +28,6 @@ in bfloat16 arithmetic where the CPU has it) against the same members in float32
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,9 +46,8 @@ CROPS = {"pm32": AlignSpec("box", 160, margin=32.0, margin_space="photo", tag="b
 def candidate(model: Embedder, crop: str, prewhiten: bool, flip: bool) -> Embedder:
     """`model`'s network with another preprocessing (its version names it, so each
     candidate's embeddings are cached apart by core.lfw)."""
-    config = dataclasses.replace(model.config, align=CROPS[crop], prewhiten=prewhiten, flip=flip,
-                                 mean=(127.5, 127.5, 127.5), scale=128.0)
-    return Embedder(config, model.network, model.version.split("/")[0])
+    return model.with_preprocessing(align=CROPS[crop], prewhiten=prewhiten, flip=flip,
+                                    mean=(127.5, 127.5, 127.5), scale=128.0)
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -345,8 +345,8 @@ PARAMS_BY_EMBEDDER: dict[str, dict[str, dict]] = {
         {"agglomerative": {"distance_threshold": 1.001, "size_prior": 0.0627}},
     "20180408-102900-704afe26766c/box160pm32":
         {"agglomerative": {"distance_threshold": 1.024, "size_prior": 0.0726}},
-    "ensemble(dlib-resnet:dlib-v1-55533b28a958/lm150-v2+flip/u0.4203,"
-    "facenet-msceleb:20170512-110547-6acdd8fb3a3f/box160pm32+prewhiten+flip/u1.0522)":
+    "ensemble(dlib-resnet:dlib-v1-55533b28a958/lm150-v2+flip+bf16/u0.4203,"
+    "facenet-msceleb:20170512-110547-6acdd8fb3a3f/box160pm32+prewhiten+flip+bf16/u1.0522)":
         {"agglomerative": {"distance_threshold": 0.521, "size_prior": 0.0085}},
 }
 

@@ -261,14 +261,16 @@ def test_constraints_on_real_faces_for_every_method(runs, method):
     def together(labels: np.ndarray, i: int, j: int) -> bool:
         return labels[i] == labels[j] >= 0
 
-    free = cluster_faces(x, method).person_id
+    version = faces.column("embedder_version")[0].as_py()  # each embedder has its own parameters
+    free = cluster_faces(x, method, embedder_version=version).person_id
     assert not together(free, c[0], d[0]) and together(free, a[0], a[1]) and together(free, a[0], a[2])
     must = np.full(len(x), -1)
     must[c + d] = 0
     pairs = np.array([[a[0], a[1]], [a[0], a[2]]])
     photos = np.arange(len(x))
     photos[d[0]] = c[0]  # as if the two men were in one photo: the user's must-link still wins
-    linked = cluster_faces(x, method, groups=photos, must_link=must, cannot_link=pairs).person_id
+    linked = cluster_faces(x, method, groups=photos, must_link=must, cannot_link=pairs,
+                           embedder_version=version).person_id
     assert len(set(linked[c + d].tolist())) == 1 and linked[c[0]] >= 0
     assert not together(linked, a[0], a[1]) and not together(linked, a[0], a[2])
     assert together(linked, a[1], a[2]) or method != "agglomerative"  # HDBSCAN keeps the faces nearest
