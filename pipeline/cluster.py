@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse import coo_matrix
-from sklearn.neighbors import NearestNeighbors
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,8 @@ def knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Returns (distances (N,k) float32 ascending, indices (N,k) int64), k clipped to N-1.
     sklearn's brute search reduces in bounded chunks: memory O(N k), never O(N^2).
     """
+    from sklearn.neighbors import NearestNeighbors  # workers only: keeps 40 MB out of the launcher
+
     k = min(k, len(x) - 1)
     if k < 1:
         return np.zeros((len(x), 0), np.float32), np.zeros((len(x), 0), np.int64)

@@ -7,12 +7,14 @@ RunInference: DaskRunner runs one step over a whole partition before the next, s
 step would only count at the end of each partition) keeps a count per worker instance of
 the photos it has finished and how many of them failed, and writes it now and then to
 ``OUTPUT/_progress/<run id>/<instance>.json`` through Beam's FileSystems, so it works
-wherever the output does. A launcher thread (`ProgressPrinter`) sums those files and
-prints ``progress: 340/1000 photos (34%), 18.2 photos/s, ETA 36 s, 2 failed``.
+wherever the output does. The photos listed are counted the same way, by the step that
+follows the listing in the graph (pipeline.plan), so the total grows while the workers
+list the library. A launcher thread (`ProgressPrinter`) sums those files and prints
+``progress: 340/1000 photos (34%), 18.2 photos/s, ETA 36 s, 2 failed``.
 
 The counts are a progress estimate, not the summary: a retried batch counts again
-(capped at the number listed), and the last moments of each worker show only in the
-summary printed at the end.
+(capped at the number listed), and the last moments of each inference worker show only
+in the summary printed at the end.
 """
 from __future__ import annotations
 
@@ -43,28 +45,45 @@ def progress_folder(output: str, run_id: str) -> str:
 
 
 class ProgressRecorder:
-    """Worker side: the photos finished by one handler instance, written to its own file at
-    most every `every_s` seconds. Progress is advisory: a failed write is logged, never raised."""
+    """Worker side: the photos listed, or finished, by one DoFn instance, written to its own
+    file at most every `every_s` seconds (and by `flush`). Progress is advisory: a failed
+    write is logged, never raised."""
 
     def __init__(self, folder: str, every_s: float) -> None:
         self.folder = folder
         self.every_s = every_s
+        self.listed = 0
         self.photos = 0
         self.failed = 0
         self._name: str | None = None  # chosen on the worker: every unpickled copy writes its own file
         self._written = float("-inf")
+        self._unwritten = False
 
     def add(self, outcomes: Sequence[PhotoOutcome]) -> None:
+        """Count finished photos."""
         self.photos += len(outcomes)
         self.failed += sum(o.status == "failed" for o in outcomes)
-        now = time.monotonic()
-        if now - self._written < self.every_s:
+        self._changed()
+
+    def add_listed(self, n: int) -> None:
+        """Count photos listed."""
+        self.listed += n
+        self._changed()
+
+    def _changed(self) -> None:
+        self._unwritten = True
+        if time.monotonic() - self._written >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the counts now if they changed since the last write."""
+        if not self._unwritten:
             return
-        self._written = now
+        self._written, self._unwritten = time.monotonic(), False
         self._name = self._name or uuid.uuid4().hex
         try:
             write_text(FileSystems.join(self.folder, f"{self._name}.json"),
-                       json.dumps({"photos": self.photos, "failed": self.failed}))
+                       json.dumps({"listed": self.listed, "photos": self.photos, "failed": self.failed}))
         except Exception as exc:  # a progress file must never fail a photo batch
             logging.warning("could not write progress to %s: %s", self.folder, exc)
 
@@ -83,22 +102,23 @@ class CountingModelHandler(FaceModelHandler):
         return outcomes
 
 
-def read_progress(folder: str) -> tuple[int, int]:
-    """(photos finished, photos failed) summed over the workers' files in `folder`; files
-    that vanish or are unreadable while being read count as nothing."""
-    photos = failed = 0
+def read_progress(folder: str) -> tuple[int, int, int]:
+    """(photos listed, photos finished, photos failed) summed over the workers' files in
+    `folder`; files that vanish or are unreadable while being read count as nothing."""
+    totals = [0, 0, 0]
     try:
         found = FileSystems.match([FileSystems.join(folder, "*.json")])[0].metadata_list
     except Exception:  # nothing written yet (some file systems raise for an absent folder)
-        return 0, 0
+        return 0, 0, 0
     for meta in found:
         try:
             with FileSystems.open(meta.path) as f:
                 record = json.loads(f.read().decode("utf-8"))
-            photos, failed = photos + int(record["photos"]), failed + int(record["failed"])
+            counts = [int(record[name]) for name in ("listed", "photos", "failed")]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return photos, failed
+        totals = [a + b for a, b in zip(totals, counts)]
+    return totals[0], totals[1], totals[2]
 
 
 def format_duration(seconds: float) -> str:
@@ -114,7 +134,7 @@ def format_duration(seconds: float) -> str:
 def progress_line(done: int, listed: int, rate: float, failed: int) -> str:
     """The line printed while a run goes on (done capped at listed; rate in photos/s)."""
     done = min(done, listed)
-    percent = 100 * done // listed if listed else 100
+    percent = 100 * done // listed if listed else 0  # nothing listed yet: the listing is still going on
     eta = format_duration((listed - done) / rate) if rate > 0 else "unknown"
     return (f"progress: {done}/{listed} photos ({percent}%), {rate:.1f} photos/s, ETA {eta}, "
             f"{failed} failed")
@@ -122,12 +142,12 @@ def progress_line(done: int, listed: int, rate: float, failed: int) -> str:
 
 class ProgressPrinter:
     """Launcher side: while in its `with` block, prints a progress line to stderr every
-    `every_s` seconds from the workers' counts; removes the counts at the end."""
+    `every_s` seconds from the workers' counts (photos listed so far included); removes
+    the counts at the end."""
 
-    def __init__(self, output: str, run_id: str, listed: int, every_s: float) -> None:
+    def __init__(self, output: str, run_id: str, every_s: float) -> None:
         self.root = FileSystems.join(output, PROGRESS)
         self.folder = progress_folder(output, run_id)
-        self.listed = listed
         self.every_s = every_s
         self.samples: deque[tuple[float, int]] = deque()
         self._stop = threading.Event()
@@ -139,13 +159,13 @@ class ProgressPrinter:
 
     def line(self) -> str:
         """The current progress line (also records the sample the rate is measured on)."""
-        done, failed = read_progress(self.folder)
+        listed, done, failed = read_progress(self.folder)
         now = time.monotonic()
-        self.samples.append((now, min(done, self.listed)))
+        self.samples.append((now, min(done, listed)))
         while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
             self.samples.popleft()
         (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        return progress_line(done, self.listed, (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0, failed)
+        return progress_line(done, listed, (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0, failed)
 
     def _print(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -16,13 +16,14 @@ its content, so its faces keep their person ids (pipeline.person_ids). Photos no
 longer listed are simply not written again: they disappear from the outputs.
 
 How it stays runner-independent (no side inputs, no state, no finish_bundle output):
-  - the launcher (`plan_reuse`) reads only the light columns of the previous photos/
-    and faces/ tables and marks each reusable PhotoRef with its expected SHA-256;
-    the marks travel as data in the Create of photo batches. A worker that reads the
-    bytes and finds that hash emits a REUSED outcome and skips decoding and inference
-    (decode.load_photo);
+  - nothing is planned in the launcher: when a user's listed photos meet in the graph
+    (pipeline.plan), `mark_reusable` reads only the light columns of that user's
+    previous photos/ and faces/ tables and joins them with the listing on (user, path,
+    SHA-256), marking each reusable PhotoRef with its expected SHA-256. A worker that
+    reads the bytes and finds that hash emits a REUSED outcome and skips decoding and
+    inference (decode.load_photo);
   - the heavy results (boxes, embeddings, thumbnails, previews) and the previous
-    person ids are read on the workers by `ReadPrevious`, one element per user, and
+    person ids are read on the workers by `ReadPrevious`, one PreviousPart per user, and
     meet the user's outcomes at the GroupByKey in front of the writer (Flatten).
     GroupByKey is a barrier in batch mode, so every read of the previous tables ends
     before the first write, and --previous may be --output itself; a retried writer
@@ -35,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -46,7 +48,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
 from pipeline.inference import InferenceSettings
-from pipeline.inputs import Listing
 from pipeline.outputs import table_path
 from pipeline.person_ids import PreviousPeople
 from pipeline.records import Face, PhotoOutcome, PhotoRef, PreviousResults
@@ -63,24 +64,6 @@ class PreviousPart:
 
     user_id: str
     sha256s: tuple[str, ...]
-
-
-@dataclass
-class ReusePlan:
-    """The listing with its reusable photos marked, and the users to read back from
-    the previous output (None: no previous run)."""
-
-    listing: Listing
-    parts: list[PreviousPart]
-    previous: str | None = None
-
-    def batches(self, size: int) -> list[tuple[PhotoRef, ...]]:
-        """Photo batches, reusable photos apart from the others (listing order within
-        each): the photos that need inference fill whole batches, instead of one new
-        photo per batch paying a detection and embedding call of its own."""
-        reusable = [ref for ref in self.listing.photos if ref.reuse_sha256]
-        others = [ref for ref in self.listing.photos if not ref.reuse_sha256]
-        return Listing(reusable, []).batches(size) + Listing(others, []).batches(size)
 
 
 def resolve_previous(option: str | None, output: str) -> str | None:
@@ -139,33 +122,31 @@ def reusable_results(photos: pa.Table, faces: pa.Table | None, settings: Inferen
     return reusable
 
 
-def plan_reuse(previous: str | None, listing: Listing, settings: InferenceSettings) -> ReusePlan:
-    """Mark the listed photos whose results `previous` already holds (None: no reuse).
+def mark_reusable(previous: str | None, user_id: str, refs: Sequence[PhotoRef],
+                  settings: InferenceSettings) -> tuple[list[PhotoRef], PreviousPart | None]:
+    """One user's listed photos, those whose results `previous` already holds marked with
+    their SHA-256, and the PreviousPart to read back (None: no previous tables of the user).
 
     Reads only photos/ (path, sha256, status, n_faces) and faces/ (sha256, face index,
-    embedder) of the listed users. A user whose previous tables cannot be read is
-    processed from scratch (logged)."""
+    embedder) of the user. A user whose previous tables cannot be read is processed from
+    scratch (logged)."""
     if previous is None:
-        return ReusePlan(listing, [])
-    by_user: dict[str, list[PhotoRef]] = defaultdict(list)
-    for ref in listing.photos:
-        by_user[ref.user_id].append(ref)
-    photos, parts = [], []
-    for user_id, refs in by_user.items():  # listing order: sorted by user, then path
-        reusable: dict[str, str] = {}
-        try:
-            old_photos = read_parquet(table_path(previous, "photos", user_id),
-                                      ["photo_path", "photo_sha256", "status", "n_faces"])
-            if old_photos is not None:
-                old_faces = read_parquet(table_path(previous, "faces", user_id),
-                                         ["photo_sha256", "face_index", "embedder", "embedder_version"])
-                reusable = reusable_results(old_photos, old_faces, settings)
-                parts.append(PreviousPart(user_id, tuple(sorted(set(reusable.values())))))
-        except (OSError, pa.ArrowException) as exc:
-            logging.warning("previous tables of user %r unreadable (%s): processing its photos again", user_id, exc)
-        photos.extend(replace(ref, reuse_sha256=reusable[ref.photo_path]) if ref.photo_path in reusable else ref
-                      for ref in refs)
-    return ReusePlan(Listing(photos, listing.skipped), parts, previous)
+        return list(refs), None
+    reusable: dict[str, str] = {}
+    part = None
+    try:
+        old_photos = read_parquet(table_path(previous, "photos", user_id),
+                                  ["photo_path", "photo_sha256", "status", "n_faces"])
+        if old_photos is not None:
+            old_faces = read_parquet(table_path(previous, "faces", user_id),
+                                     ["photo_sha256", "face_index", "embedder", "embedder_version"])
+            reusable = reusable_results(old_photos, old_faces, settings)
+            part = PreviousPart(user_id, tuple(sorted(set(reusable.values()))))
+    except (OSError, pa.ArrowException) as exc:
+        logging.warning("previous tables of user %r unreadable (%s): processing its photos again", user_id, exc)
+    marked = [replace(ref, reuse_sha256=reusable[ref.photo_path]) if ref.photo_path in reusable else ref
+              for ref in refs]
+    return marked, part
 
 
 def _rows(table: pa.Table | None, sha256s: set[str]) -> list[dict]:

@@ -2,21 +2,24 @@
 
     python -m pipeline --input LIBRARY --output OUT [--runner ...] [any Beam flag]
 
-The launcher lists the library (sorted), marks the photos whose results the previous
-run already has (pipeline.reuse) and cuts the list into batches of --batch_size photos
-(marked and unmarked photos in separate batches).
-Graph: Create(batches) -> LoadPhotos (read with SHA-256, decode unless reused; lists
-bounded by pixel weight) -> RunInference (detect, align, embed; model once per worker
-process) -> key by user -> GroupByKey -> write the user's five tables. In an incremental
-run, Create(users) -> ReadPrevious joins the GroupByKey through a Flatten, bringing
-each user's previous results and person ids. With --known_people the launcher embeds
-the reference photos first (pipeline.known_people) and the writer DoFn carries them, as
-constructor data, to name each user's people. Only single-output steps, no side inputs,
-state or finish_bundle output, so it means the same on DirectRunner, DaskRunner and
-portable runners. Every photo listed becomes exactly one outcome; the end-of-run check
-compares the listing with the written tables.
+The launcher lists nothing and plans nothing: the graph's size does not depend on the
+library's. Graph: ListInput (pipeline.inputs: the input location in a few shards ->
+ListUsers -> Reshuffle -> ListUserPhotos, or ReadManifest) -> PlanUsers (pipeline.plan:
+group the listing by user, join it with the user's previous results, cut it into batches
+of --batch_size photos) -> SpreadBatches -> LoadPhotos (read with SHA-256, decode unless
+reused; lists bounded by pixel weight) -> RunInference (detect, align, embed; model once
+per worker process) -> key by user -> GroupByKey -> write the user's five tables. In an
+incremental run, the PreviousPart of each user that PlanUsers yields -> ReadPrevious
+joins the GroupByKey through a Flatten, bringing the user's previous results and person
+ids. With --known_people the launcher embeds the reference photos first
+(pipeline.known_people) and the writer DoFn carries them, as constructor data, to name
+each user's people. Only single-output steps (a step with two kinds of output is split
+by Filters), no side inputs, state or finish_bundle output, and one chain that ends in
+the writer, so it means the same on DirectRunner, DaskRunner and portable runners. Every
+photo listed becomes exactly one outcome; the end-of-run check compares the photos
+listed (records written by PlanUsers) with the written tables.
 
-Before any photo is listed, the launcher proves it can write --output (a probe file,
+Before the pipeline starts, the launcher proves it can write --output (a probe file,
 pipeline.output_probe) and takes the folder's lock (pipeline.run_lock: one run per output).
 A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
 files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
@@ -49,15 +52,16 @@ from pipeline import schemas
 from pipeline.corrections import UserConstraints, correction_files, describe, load_corrections, replay, run_record
 from pipeline.decode import LoadPhotos
 from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, embedder_info, launcher_embedder
-from pipeline.inputs import Listing, list_photos
+from pipeline.inputs import ListInput, NoPhotos, check_manifest, is_manifest, no_photos
 from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.output_probe import probe_output
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
+from pipeline.plan import Batch, PlanUsers, SpreadBatches, read_listing
 from pipeline.progress import CountingModelHandler, ProgressPrinter, ProgressRecorder
 from pipeline.records import PhotoOutcome
 from pipeline.report import build_report
-from pipeline.reuse import ReadPrevious, ReusePlan, plan_reuse, resolve_previous
+from pipeline.reuse import PreviousPart, ReadPrevious, resolve_previous
 from pipeline.run_lock import RunLock, acquire
 from pipeline.run_log import KeptBeamErrors, RunFailed, run_failed, write_log
 from pipeline.users import user_folder, user_key
@@ -65,7 +69,6 @@ from pipeline.users import user_folder, user_key
 SUCCESS = "_SUCCESS"
 SUMMARY = "summary.json"
 MAX_USERS_PRINTED = 20
-MAX_SKIPPED_LISTED = 100
 
 
 def by_user(outcome: PhotoOutcome) -> tuple[int, PhotoOutcome]:
@@ -78,38 +81,43 @@ def inference_settings(opts: FaceGroupOptions, embedder: EmbedderInfo) -> Infere
     return InferenceSettings(embedder, opts.min_face_size, opts.min_det_score, opts.max_detect_side)
 
 
-def build(p: beam.Pipeline, opts: FaceGroupOptions, plan: ReusePlan, run_id: str,
-          settings: InferenceSettings, naming: Naming | None = None,
+def is_batch(item: Batch | PreviousPart) -> bool:
+    """Whether a PlanUsers output is a photo batch (else a PreviousPart)."""
+    return isinstance(item, tuple)
+
+
+def is_previous_part(item: Batch | PreviousPart) -> bool:
+    """Whether a PlanUsers output is a user's PreviousPart."""
+    return isinstance(item, PreviousPart)
+
+
+def build(p: beam.Pipeline, opts: FaceGroupOptions, run_id: str, settings: InferenceSettings,
+          previous: str | None = None, naming: Naming | None = None,
           recorder: ProgressRecorder | None = None, corrections: dict[str, UserConstraints] | None = None) -> None:
-    """Add the whole pipeline to `p` (options validated, library listed, reuse planned,
-    known people loaded, corrections replayed); inference reports finished photos to
-    `recorder` when given."""
+    """Add the whole pipeline to `p` (options validated, known people loaded, corrections
+    replayed); `previous` is the earlier output to reuse (pipeline.reuse.resolve_previous);
+    listing and inference report their counts to `recorder` when given."""
     args = (settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size, opts.min_det_score)
     handler = FaceModelHandler(*args) if recorder is None else CountingModelHandler(recorder, *args)
-    outcomes = (p
-                | "PhotoBatches" >> beam.Create(plan.batches(opts.batch_size))
+    planned = (p
+               | "ListInput" >> ListInput(opts.input, opts.follow_links)
+               | "PlanUsers" >> PlanUsers(opts.output, run_id, previous, settings, opts.batch_size, recorder))
+    outcomes = (planned
+                | "PhotoBatches" >> beam.Filter(is_batch).with_output_types(Batch)
+                | "SpreadBatches" >> SpreadBatches()
                 | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels,
                                                         opts.max_detect_side, opts.batch_size))
                 | "DetectAlignEmbed" >> RunInference(handler.with_no_batching())
                 | "KeyByUser" >> beam.Map(by_user))
-    if plan.parts:
-        previous_results = (p
-                            | "PreviousUsers" >> beam.Create(plan.parts)
-                            | "ReadPrevious" >> beam.ParDo(ReadPrevious(plan.previous)))
+    if previous is not None:
+        previous_results = (planned
+                            | "PreviousParts" >> beam.Filter(is_previous_part).with_output_types(PreviousPart)
+                            | "ReadPrevious" >> beam.ParDo(ReadPrevious(previous)))
         outcomes = (outcomes, previous_results) | "WithPrevious" >> beam.Flatten()
     _ = (outcomes
          | "GroupByUser" >> beam.GroupByKey()
          | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster, naming,
                                                            corrections)))
-
-
-def skipped_record(listing: Listing) -> dict:
-    """Count, reasons and the first examples of the files that belong to no user."""
-    reasons: dict[str, int] = {}
-    for item in listing.skipped:
-        reasons[item.reason] = reasons.get(item.reason, 0) + 1
-    return {"count": len(listing.skipped), "reasons": reasons,
-            "examples": [asdict(s) for s in listing.skipped[:MAX_SKIPPED_LISTED]]}
 
 
 def known_people_record(folder: str, naming: Naming) -> dict:
@@ -243,10 +251,15 @@ def finalise(output: str, run_id: str) -> list[UserStats]:
                 temp_files.append(meta.path)
         if stale_folders or temp_files:
             FileSystems.delete(sorted(stale_folders) + temp_files)
+    drop_run_records(output)
+    return users
+
+
+def drop_run_records(output: str) -> None:
+    """Remove the per-run records the workers left for the launcher."""
     runs = FileSystems.join(output, RUNS)
     if FileSystems.exists(runs):
         FileSystems.delete([runs])
-    return users
 
 
 def in_process_runner(options: PipelineOptions) -> str:
@@ -290,7 +303,8 @@ def run(argv: list[str] | None = None) -> RunSummary:
         try:
             summary = execute(options, opts, runner, run_id, lock, progress, corrections)
         except Exception as exc:
-            if not progress.pipeline_started and isinstance(exc, (ValueError, FileNotFoundError)):
+            if isinstance(exc, NoPhotos) or (not progress.pipeline_started
+                                             and isinstance(exc, (ValueError, FileNotFoundError))):
                 raise  # bad input or known people: a one-line error of its own
             raise run_failed(exc, progress.step, opts.output, run_id, beam_errors.records) from exc
         if beam_errors.records:  # errors the run recovered from (retried bundles): kept, not lost
@@ -304,22 +318,21 @@ def run(argv: list[str] | None = None) -> RunSummary:
 class Progress:
     """Which launcher step a run is in: the step a failure is reported in."""
 
-    step: str = "listing the input"
+    step: str = "checking the input"
     pipeline_started: bool = False
 
 
 def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_id: str, lock: RunLock,
             progress: Progress, corrections: dict[str, UserConstraints] | None = None) -> RunSummary:
-    """List, plan, run the pipeline and finalise the output (options validated, corrections
-    replayed, output locked)."""
-    listing = list_photos(opts.input, opts.follow_links)
+    """Run the pipeline and finalise the output (options validated, corrections replayed,
+    output locked)."""
+    if is_manifest(opts.input):
+        check_manifest(opts.input)
     progress.step = "loading the embedder"
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     embedder = embedder_info(model)
     settings = inference_settings(opts, embedder)
-    progress.step = "planning reuse of the previous run"
     previous = resolve_previous(opts.previous, opts.output)
-    plan = plan_reuse(previous, listing, settings)
     naming = None
     if opts.known_people:
         progress.step = "loading --known_people"
@@ -330,10 +343,9 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     success = FileSystems.join(opts.output, SUCCESS)
     if FileSystems.exists(success):
         FileSystems.delete([success])
-    printer = None if opts.quiet else ProgressPrinter(opts.output, run_id, len(listing.photos),
-                                                      opts.progress_seconds)
+    printer = None if opts.quiet else ProgressPrinter(opts.output, run_id, opts.progress_seconds)
     p = beam.Pipeline(options=options)
-    build(p, opts, plan, run_id, settings, naming, printer.recorder() if printer else None, corrections)
+    build(p, opts, run_id, settings, previous, naming, printer.recorder() if printer else None, corrections)
     start = time.perf_counter()
     with printer or contextlib.nullcontext():  # DirectRunner runs the whole pipeline inside p.run()
         result = p.run()
@@ -342,9 +354,13 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     if state != PipelineState.DONE:
         raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")
     progress.step = "finalising the output"
+    listed, skipped = read_listing(opts.output, run_id)
+    if not listed:
+        drop_run_records(opts.output)
+        raise no_photos(opts.input, skipped["count"])
     users = finalise(opts.output, run_id)
-    summary = RunSummary(run_id, runner, opts.output, len(listing.photos), wall,
-                         asdict(embedder), opts.cluster, users, skipped_record(listing), beam_counters(result),
+    summary = RunSummary(run_id, runner, opts.output, sum(listed.values()), wall,
+                         asdict(embedder), opts.cluster, users, skipped, beam_counters(result),
                          previous=previous,
                          known_people=known_people_record(opts.known_people, naming) if naming else None,
                          corrections=run_record(correction_files(opts.corrections), corrections,

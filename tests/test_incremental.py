@@ -22,10 +22,9 @@ from PIL import Image
 from pipeline import schemas
 from pipeline.decode import LoadPhotos
 from pipeline.inference import EmbedderInfo, InferenceSettings
-from pipeline.inputs import Listing
 from pipeline.outputs import TABLES, WriteUserTables
 from pipeline.records import REUSED, DecodedPhoto, Face, PhotoOutcome, PhotoRef
-from pipeline.reuse import PreviousPart, plan_reuse, previous_results
+from pipeline.reuse import PreviousPart, mark_reusable, previous_results
 from pipeline.run import run
 from pipeline.users import user_folder
 from tests.conftest import lfw_image
@@ -245,10 +244,10 @@ def _previous(folder: Path) -> str:
 
 
 def _marks(previous: str, settings: InferenceSettings) -> dict[str, str | None]:
-    """{path: reuse_sha256} that plan_reuse gives the listed photos."""
-    listing = Listing([PhotoRef("u", p, f"/nowhere/{p}") for p in ("u/a.jpg", "u/b.jpg", "u/c.jpg", "u/new.jpg")],
-                      [])
-    return {ref.photo_path: ref.reuse_sha256 for ref in plan_reuse(previous, listing, settings).listing.photos}
+    """{path: reuse_sha256} that mark_reusable gives the listed photos of user u."""
+    refs = [PhotoRef("u", p, f"/nowhere/{p}") for p in ("u/a.jpg", "u/b.jpg", "u/c.jpg", "u/new.jpg")]
+    marked, _ = mark_reusable(previous, "u", refs, settings)
+    return {ref.photo_path: ref.reuse_sha256 for ref in marked}
 
 
 def test_only_complete_results_of_the_same_settings_are_reused(tmp_path):

@@ -25,8 +25,8 @@ from pipeline.run_lock import LOCK, OutputLocked, acquire, read_lock
 from pipeline.run_log import error_line, failed_step
 from tests.conftest import REPO, lfw_image
 
-#: Runs the launcher with listing and model loading replaced by a marker and exit 99, so a
-#: refusal "before any work" is seen to happen before either.
+#: Runs the launcher with model loading and building the pipeline (which lists the input)
+#: replaced by a marker and exit 99, so a refusal "before any work" is seen to happen before either.
 GUARDED = """
 import sys
 import models.embedders
@@ -39,7 +39,7 @@ def forbidden(name):
     return called
 
 models.embedders.get_embedder = forbidden("get_embedder")
-pipeline.run.list_photos = forbidden("list_photos")
+pipeline.run.build = forbidden("build")
 sys.exit(pipeline.run.main(sys.argv[1:]))
 """
 

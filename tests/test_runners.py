@@ -40,13 +40,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import weights
 from pipeline.inference import embedder_info, launcher_embedder
-from pipeline.inputs import list_photos
+from pipeline.inputs import LISTING_SHARDS, ListingShard
 from pipeline.known_people import load_naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.partitions import open_table
 from pipeline.progress import ProgressPrinter
 from pipeline.outputs import PART, RUNS, TABLES
-from pipeline.reuse import plan_reuse
 from pipeline.run import SUCCESS, build, inference_settings, run
 from pipeline.users import user_folder
 from tests.conftest import REPO
@@ -216,7 +215,8 @@ def test_same_outputs_on_direct_dask_and_portable_runners(library, reference, cl
                   "--dask_client_address", address, *flags(library)], tmp_path / "dask.log", services)
     lines = [LINE.fullmatch(line) for line in (tmp_path / "dask.log").read_text().splitlines()
              if line.startswith("progress:")]
-    assert lines and all(m and int(m[1]) <= int(m[2]) == n_photos for m in lines), "no progress lines on Dask"
+    assert lines and all(m and int(m[1]) <= int(m[2]) <= n_photos for m in lines), "no progress lines on Dask"
+    assert int(lines[-1][2]) == n_photos and [int(m[2]) for m in lines] == sorted(int(m[2]) for m in lines)
     with cluster["dask"].client() as client:  # both worker processes ran the models
         loaded = client.run(eval, "'models.mtcnn' in __import__('sys').modules")
     assert sorted(loaded.values()) == [True, True], loaded
@@ -298,18 +298,16 @@ def test_pipeline_graph_names_no_file_of_the_launching_machine(library, tmp_path
     """Workers find code and weights themselves (installed package, package resources):
     no DoFn carries a path of the checkout, site-packages, the weights or the home
     folder (source file names of pickled functions aside: they are only shown in
-    tracebacks), and the only paths in the graph are the input photos under --input."""
+    tracebacks), and the graph starts from the --input folder alone: the workers list it."""
     options = PipelineOptions(["--input", str(library), "--output", str(tmp_path / "out"),
                                "--known_people", str(known_folder(library))])
     opts = options.view_as(FaceGroupOptions)
     validate(opts)
-    listing = list_photos(opts.input)
     p = beam.Pipeline(options=options)
     model = launcher_embedder(opts.embedder, opts.embedder_weights)
     settings = inference_settings(opts, embedder_info(model))
-    build(p, opts, plan_reuse(None, listing, settings), "graphcheck", settings,
-          load_naming(opts.known_people, settings, model),
-          ProgressPrinter(opts.output, "graphcheck", len(listing.photos), 10.0).recorder())
+    build(p, opts, "graphcheck", settings, None, load_naming(opts.known_people, settings, model),
+          ProgressPrinter(opts.output, "graphcheck", 10.0).recorder())
     local = (str(REPO), sysconfig.get_paths()["purelib"], str(Path.home()),
              *(str(weights.resolve(name)) for name in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", "dlib-resnet")))
 
@@ -334,6 +332,4 @@ def test_pipeline_graph_names_no_file_of_the_launching_machine(library, tmp_path
     p.visit(check)
     assert any("DetectAlignEmbed" in label for label in check.dofns)
     assert any("WriteUserTables" in label for label in check.dofns)
-    refs = [ref for batch in check.created for ref in batch]
-    assert len(refs) == len(listing.photos)
-    assert all(ref.uri.startswith(opts.input + "/") for ref in refs)
+    assert check.created == [ListingShard(opts.input, i, LISTING_SHARDS) for i in range(LISTING_SHARDS)]
