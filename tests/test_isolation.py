@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import pyarrow.dataset as ds
 import pytest
 
+from models.weights import cache_root
 from pipeline.outputs import TABLES
 from pipeline.partitions import open_table
 from pipeline.report import digest
@@ -84,7 +85,9 @@ def isolated(lfw: Path, tmp_path_factory: pytest.TempPathFactory):
     for extra in ("tmp", "home"):
         (root / extra).mkdir()
     before = tree(root)
-    env = dict(os.environ, TMPDIR=str(root / "tmp"), HOME=str(root / "home"))
+    # the weights cache stays where setup put FaceNet's file (it holds no photo data)
+    env = dict(os.environ, TMPDIR=str(root / "tmp"), HOME=str(root / "home"),
+               FACEGROUP_CACHE=str(cache_root()))
     done = subprocess.run([sys.executable, "-m", "pipeline", "--input", str(library), "--output",
                            str(root / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
