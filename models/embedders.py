@@ -305,6 +305,13 @@ EMBEDDERS: dict[str, Callable[[str | torch.device, str | None], FaceEmbedder]] =
 DEFAULT_EMBEDDER = "ensemble"
 
 
+def embedding_dim(name: str) -> int:
+    """The dimension of `name`'s embeddings, known without loading its networks."""
+    if name == "ensemble":
+        return sum(CONFIGS[n].dim for n, _, _ in ENSEMBLE_MEMBERS)
+    return CONFIGS[name].dim
+
+
 def get_embedder(name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu",
                  weights: str | None = None) -> FaceEmbedder:
     """The embedder `name` on `device`, with weights from `weights` (a weights file of the

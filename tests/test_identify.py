@@ -26,7 +26,7 @@ from bench.cluster_eval import lfw_identities, pair_names
 from bench.identify_lfw import verify_sample
 from core.faces import ALL, CENTRE, LARGEST, main_face
 from core.lfw import embed_images
-from models.embedders import get_embedder
+from models.embedders import DEFAULT_EMBEDDER, get_embedder
 from models.weights import file_sha256
 from models.mtcnn import MTCNN, Detections
 from pipeline import schemas, search, verify
@@ -45,7 +45,7 @@ from pipeline.users import user_folder
 
 @pytest.fixture(scope="module")
 def embedder():
-    return get_embedder("dlib-resnet")
+    return get_embedder(DEFAULT_EMBEDDER)  # what the pipeline and the commands run with
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +327,7 @@ def test_search_command_prints_and_writes_page(search_library, pool, tmp_path, d
 def test_search_refuses_other_embedder_version_and_bad_input(lfw, embedder, tmp_path, capsys):
     out = tmp_path / "out"
     paths = [lfw / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"]
-    write_faces(search.faces_file(out, "u2"), "u2", paths, lfw, np.zeros((1, 128), np.float32), embedder,
+    write_faces(search.faces_file(out, "u2"), "u2", paths, lfw, np.zeros((1, embedder.dim), np.float32), embedder,
                 version="dlib-v1-000000000000/lm150-v1")
     assert search.main(["--output", str(out), "--user", "u2", "--photo", str(paths[0])]) == 2
     assert "were embedded with dlib-v1-000000000000" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from models.embedders import DEFAULT_EMBEDDER, embedding_dim
 from pipeline import schemas
 from pipeline.outputs import TABLES
 from pipeline.partitions import open_table
@@ -27,7 +28,7 @@ USERS = {"007": [("Colin_Powell", 1), ("Colin_Powell", 2), ("Tony_Blair", 1)],
          "Zoë B": [("Tony_Blair", 2), ("Jean_Chretien", 1)]}
 MARKER = "run by tests/test_output_readers.py"
 READERS = ("dataset", "pyarrow", "pandas", "duckdb", "polars")
-COLUMNS = {"photos": schemas.PHOTOS, "faces": schemas.faces_schema(128), "clusters": schemas.CLUSTERS,
+COLUMNS = {"photos": schemas.PHOTOS, "faces": schemas.faces_schema(embedding_dim(DEFAULT_EMBEDDER)), "clusters": schemas.CLUSTERS,
            "failures": schemas.FAILURES, "people": schemas.PEOPLE}
 
 

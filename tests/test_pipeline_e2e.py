@@ -28,6 +28,7 @@ from PIL import Image
 
 from core.faces import CENTRE, main_face
 from models.mtcnn import Detections
+from models.embedders import DEFAULT_EMBEDDER, embedding_dim
 from pipeline import schemas
 from pipeline.partitions import open_table
 from pipeline.run import main, run
@@ -42,7 +43,7 @@ CORRUPT = {"alice": "broken/truncated.jpg", "bob": "random.jpg", "Zoë O'Neil": 
 NO_FACE = ("Zoë O'Neil", "holiday/landscape.jpg")
 COPIED = "bob"  # one of bob's photos is stored a second time under another name
 COPIED_FROM, COPIED_TO = "bob/2020/summer/IMG_0001.jpg", "bob/copies/IMG_0001 copy.jpg"
-TABLE_SCHEMAS = {"photos": schemas.PHOTOS, "faces": schemas.faces_schema(128),
+TABLE_SCHEMAS = {"photos": schemas.PHOTOS, "faces": schemas.faces_schema(embedding_dim(DEFAULT_EMBEDDER)),
                  "clusters": schemas.CLUSTERS, "failures": schemas.FAILURES, "people": schemas.PEOPLE}
 
 
