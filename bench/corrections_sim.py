@@ -97,7 +97,7 @@ def simulate(lib: Prepared, fixes: int, folder: Path) -> tuple[np.ndarray, np.nd
     if constraints is not None:
         linked = face_constraints(constraints, keys)
         after = cluster_faces(lib.x, eligible=linked.eligible(~lib.gated), must_link=linked.must_link,
-                              cannot_link=linked.cannot_link).person_id
+                              cannot_link=linked.cannot_link, parts=linked.parts).person_id
         held = constraints_hold(after, linked.must_link, linked.cannot_link)
     return before, after, entries, held
 
