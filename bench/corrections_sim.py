@@ -19,6 +19,11 @@ faces count as singletons), libraries that got worse (all faces), whether every
 constraint held in the new clustering, and the errors out of reach (`lone`: faces left
 alone although their identity is the most common one of a person). Lone faces ("other faces") are no person, so the
 format's merge and move cannot reach them: the user fixes errors among people only.
+A second table has the user fix the errors seen before `--new-share` of each library's
+photos (drawn at random) are added, then clusters all of them: without the corrections,
+with each must-link group as one part (as before issue 17's merged parts), and with its
+parts, as the pipeline does (pipeline.cluster): do corrections still help when new photos
+come, and do a merged person's parts gather new photos at least as well as one part?
 
     python bench/corrections_sim.py                       # LFW users and pins50dev, clean and junk
     python bench/corrections_sim.py --variants clean --fixes 5
@@ -84,22 +89,28 @@ def constraints_hold(labels: np.ndarray, must: np.ndarray, pairs: np.ndarray) ->
     return groups and not any(labels[a] == labels[b] >= 0 for a, b in pairs.tolist())
 
 
-def simulate(lib: Prepared, fixes: int, folder: Path) -> tuple[np.ndarray, np.ndarray, list[dict], bool]:
-    """(labels (N,) before, after, the entries written, constraints held) for one library."""
-    before = cluster_faces(lib.x, eligible=~lib.gated).person_id
+def simulate(lib: Prepared, fixes: int, folder: Path,
+             new: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[dict], bool, np.ndarray]:
+    """(labels (N,) before, after, the entries written, constraints held, labels after with
+    each must-link group as one part) for one library. new (N,) bool: faces added after the
+    user's corrections (the entries are made on the others' clustering; before and after
+    cluster them all, without and with the corrections)."""
+    new = np.zeros(len(lib.x), bool) if new is None else new
+    old = np.flatnonzero(~new)
     keys = face_keys(len(lib.x))
-    entries = worst_errors(lib.identities, before, keys, fixes)
+    seen = cluster_faces(lib.x[old], eligible=~lib.gated[old]).person_id
+    entries = worst_errors(lib.identities[old], seen, [keys[i] for i in old], fixes)
+    before = cluster_faces(lib.x, eligible=~lib.gated).person_id if new.any() else seen
     path = folder / "corrections.json"
     path.write_text(json.dumps({"format": FORMAT, "version": VERSION, "entries": entries}))
     constraints = replay(load_corrections([str(path)])).get(USER)
-    after = before
-    held = True
-    if constraints is not None:
-        linked = face_constraints(constraints, keys)
-        after = cluster_faces(lib.x, eligible=linked.eligible(~lib.gated), must_link=linked.must_link,
-                              cannot_link=linked.cannot_link).person_id
-        held = constraints_hold(after, linked.must_link, linked.cannot_link)
-    return before, after, entries, held
+    if constraints is None:
+        return before, before, entries, True, before
+    linked = face_constraints(constraints, keys)
+    after, one_part = (cluster_faces(lib.x, eligible=linked.eligible(~lib.gated), must_link=linked.must_link,
+                                     cannot_link=linked.cannot_link, parts=parts).person_id
+                       for parts in (linked.parts, linked.must_link))
+    return before, after, entries, constraints_hold(after, linked.must_link, linked.cannot_link), one_part
 
 
 def bcubed_f(lib: Prepared, labels: np.ndarray, clean: bool) -> float:
@@ -138,6 +149,24 @@ def table_row(suite: str, prepared: list[Prepared], rows: list[tuple]) -> str:
             f"{sum(r[3] for r in rows):>2}/{len(rows):<2}")
 
 
+def new_photos_row(suite: str, prepared: list[Prepared], rows: list[tuple], new: list[np.ndarray]) -> str:
+    """One suite's line when new photos come after the corrections: libraries, faces, new faces,
+    merges written, mean BCubed F (all faces; clean faces) without the corrections, with each
+    must-link group as one part, and with its parts (as the pipeline clusters), libraries where
+    parts do worse than one part (all faces), constraints held."""
+    def f(clean: bool, i: int) -> np.ndarray:
+        return np.array([bcubed_f(lib, r[i], clean) for lib, r in zip(prepared, rows)])
+
+    def three(clean: bool, width: int) -> str:
+        before, one, parts = f(clean, 0).mean(), f(clean, 4).mean(), f(clean, 1).mean()
+        return f"{before:>{width}.4f} {one:>8.4f} {parts:>7.4f} {parts - one:>+7.4f}"
+
+    merges = sum(e["action"] == "merge" for r in rows for e in r[2])
+    worse = int((f(False, 1) < f(False, 4) - 1e-9).sum())
+    return (f"{suite:<20} {len(rows):>4} {sum(len(p.x) for p in prepared):>6} {sum(int(n.sum()) for n in new):>5} "
+            f"{merges:>6}  {three(False, 9)}  {three(True, 9)}  {worse:>5} {sum(r[3] for r in rows):>2}/{len(rows):<2}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lfw", type=Path, default=LFW)
@@ -147,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=20, help="LFW user libraries (held-out identities)")
     parser.add_argument("--pins-users", type=int, default=10, help="pins50dev user libraries per fold")
     parser.add_argument("--fixes", type=int, default=5, help="errors the simulated user fixes per library")
+    parser.add_argument("--new-share", type=float, default=0.25,
+                        help="second table: share of each library's photos added after the corrections")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -161,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
           f"pipeline's default clustering, quality gate on); BCubed F over all faces and over clean faces")
     print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6} {'lone':>5}  "
           f"{'B3 F before':>11} {'after':>7} {'gain':>7}  {'clean F before':>14} {'after':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
+    later = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in [v for v in args.variants.split(",") if v]:
             for name, (libraries, root) in suites.items():
@@ -169,6 +201,16 @@ def main(argv: list[str] | None = None) -> None:
                 prepared = prepare(libraries, args.embedder, variant, root)
                 rows = [simulate(lib, args.fixes, Path(tmp)) for lib in prepared]
                 print(table_row(f"{name}-{variant}", prepared, rows))
+                rng = np.random.default_rng(args.seed)
+                new = [rng.random(len(lib.x)) < args.new_share for lib in prepared]
+                rows = [simulate(lib, args.fixes, Path(tmp), n) for lib, n in zip(prepared, new)]
+                later.append(new_photos_row(f"{name}-{variant}", prepared, rows, new))
+    print(f"\nthe same user fixes the {args.fixes} largest errors seen before {args.new_share:.0%} of the photos "
+          f"(at random) are added; BCubed F of all the photos without the corrections, with each merged group "
+          f"as one part, and with its parts (the pipeline)")
+    print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'new':>5} {'merges':>6}  {'B3 F none':>9} {'one part':>8} "
+          f"{'parts':>7} {'gain':>7}  {'clean none':>9} {'one part':>8} {'parts':>7} {'gain':>7}  {'worse':>5} {'held':>5}")
+    print("\n".join(later))
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,12 @@ shows them as "other faces" instead of thousands of one-photo people.
 Cannot-link: faces of one photo (`groups`) are never one person, since nobody appears
 twice in a photo; look-alike relatives photographed together are the common case. The
 user's corrections (pipeline.corrections) add cannot-link pairs (`cannot_link`) to the
-same rule, and must-link groups (`must_link`): faces that start as one cluster and stay
-together, whatever the photo rule says (the user saw them), while they may still grow.
+same rule, and must-link groups (`must_link`): faces that are one person whatever the
+photo rule says (the user saw them). A group is made of parts (`parts`: the people the
+user joined, as they were then), and a merged person must attract new faces of any of its
+parts: so each part starts as a cluster of its own and grows by the normal rule (a new face
+is compared with the part it resembles, not with the average of everyone merged), and the
+parts of a group, with all they gathered, are one person at the end (union-find).
 """
 from __future__ import annotations
 
@@ -76,10 +80,13 @@ class AgglomerativeFaces:
     so every linkage value is exact at O(D) cost; only clusters joined by an edge of the
     `n_neighbors`-nearest-neighbour graph are candidates (all pairs for
     N <= n_neighbors + 1), keeping memory O(N k).
-    fit(x, groups, must_link, cannot_link) sets labels_ (N,) int64, -1 for faces left
-    alone; groups (N,) (photo ids) forbid merging two clusters that hold faces of one group,
-    and so do the row pairs cannot_link (P,2) (cannot-link); must_link (N,) (group number,
-    -1 none) makes each group one cluster from the start, which then grows by the rule.
+    fit(x, groups, must_link, cannot_link, parts) sets labels_ (N,) int64, -1 for faces
+    left alone; groups (N,) (photo ids) forbid merging two clusters that hold faces of one
+    group, and so do the row pairs cannot_link (P,2) (cannot-link); must_link (N,) (group
+    number, -1 none) ties each group's faces into one person; parts (N,) (part number, -1
+    none; each part inside one group) start as one cluster each. Clusters grow by the rule;
+    the rule's checks apply to the people the clusters belong to (a cluster holding a part
+    takes on the cannot-link tokens of its whole group), and labels_ are the people.
     """
 
     def __init__(self, distance_threshold: float = 0.37, size_prior: float = 0.005, n_neighbors: int = 30):
@@ -88,7 +95,7 @@ class AgglomerativeFaces:
         self.n_neighbors = n_neighbors
 
     def fit(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
-            cannot_link: np.ndarray | None = None) -> "AgglomerativeFaces":
+            cannot_link: np.ndarray | None = None, parts: np.ndarray | None = None) -> "AgglomerativeFaces":
         n = len(x)
         limit = self.distance_threshold ** 2 - self.size_prior * np.log(n / REFERENCE_FACES)
         dist, idx = knn(x, self.n_neighbors)
@@ -102,10 +109,11 @@ class AgglomerativeFaces:
         msq = np.einsum("nd,nd->n", mean, mean)
         size = np.ones(n)
         version = np.zeros(n, dtype=np.int64)
-        parent = np.arange(n)
-        # Per cluster: the cannot-link tokens of its faces (pipeline photos holding other
-        # faces too, user pairs). Sets only grow on merging, so a forbidden pair stays
-        # forbidden and its edge is dropped.
+        parent = np.arange(n)  # clusters
+        person = np.arange(n)  # people: clusters, and those a must-link ties together
+        # Per person (at its root in `person`): the cannot-link tokens of its faces (photos
+        # holding other faces too, user pairs). Sets only grow, so a forbidden pair of
+        # clusters stays forbidden and its edge is dropped.
         shared = cannot_link_tokens(n, groups, cannot_link)
 
         def link(c: int, nb: np.ndarray) -> np.ndarray:
@@ -130,13 +138,27 @@ class AgglomerativeFaces:
                 c = parent[c]
             return int(c)
 
+        def owner(c: int) -> int:
+            """Root of the person of face or cluster c (path halving)."""
+            while person[c] != c:
+                person[c] = person[person[c]]
+                c = person[c]
+            return int(c)
+
+        def tie(a: int, b: int) -> None:
+            """Make the people of a and b one, with the tokens of both."""
+            pa, pb = owner(a), owner(b)
+            if pa != pb:
+                person[pb] = pa
+                shared[pa] |= shared[pb]
+                shared[pb] = set()
+
         def merge(a: int, b: int) -> int:
             """Join clusters a and b (roots); returns the root of the result."""
             if len(adjacency[a]) < len(adjacency[b]):
                 a, b = b, a  # keep the larger neighbour set: small-to-large merging
             parent[b] = a
-            shared[a] |= shared[b]
-            shared[b] = set()
+            tie(a, b)
             total = size[a] + size[b]
             mean[a] = (size[a] * mean[a] + size[b] * mean[b]) / total
             msq[a] = (size[a] * msq[a] + size[b] * msq[b]) / total
@@ -158,14 +180,18 @@ class AgglomerativeFaces:
         # repaired in O(D) while the partner's new link stays within the bound.
         heap = [(float(d[0]) ** 2, c, int(i[0]), 0, 0, float(d[1]) ** 2 if len(d) > 1 else np.inf)
                 for c, (d, i) in enumerate(zip(dist.tolist(), idx.tolist())) if d and d[0] ** 2 < limit]
-        # Must-link groups start as one cluster each; singletons' entries above stay valid
-        # (a partner that was merged is repaired when popped), merged ones re-enter.
-        for members in _members(must_link):
+        # Parts start as one cluster each; singletons' entries above stay valid (a partner
+        # that was merged is repaired when popped), merged ones re-enter. Then each group
+        # is one person: its clusters stay apart until the rule merges them.
+        for members in _members(parts):
             r = int(members[0])
             for b in members[1:].tolist():
                 r = merge(r, int(b))
             if fresh := entry(r):
                 heap.append(fresh)
+        for members in _members(must_link):
+            for b in members[1:].tolist():
+                tie(int(members[0]), int(b))
         heapq.heapify(heap)
         while heap:
             _, a, b, va, vb, second = heapq.heappop(heap)
@@ -180,7 +206,8 @@ class AgglomerativeFaces:
                 elif second < limit and (fresh := entry(a)):
                     heapq.heappush(heap, fresh)
                 continue
-            if shared[a] and shared[b] and not shared[a].isdisjoint(shared[b]):
+            pa, pb = owner(a), owner(b)
+            if pa != pb and shared[pa] and shared[pb] and not shared[pa].isdisjoint(shared[pb]):
                 adjacency[a].discard(b)  # cannot-link: these two never merge
                 adjacency[b].discard(a)
                 if fresh := entry(a):
@@ -188,12 +215,12 @@ class AgglomerativeFaces:
                 continue
             if fresh := entry(merge(a, b)):
                 heapq.heappush(heap, fresh)
-        self.labels_ = _singletons_to_noise(_roots(parent))
+        self.labels_ = _singletons_to_noise(_roots(person))
         return self
 
     def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
-                    cannot_link: np.ndarray | None = None) -> np.ndarray:
-        return self.fit(x, groups, must_link, cannot_link).labels_
+                    cannot_link: np.ndarray | None = None, parts: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, groups, must_link, cannot_link, parts).labels_
 
 
 def cannot_link_tokens(n: int, groups: np.ndarray | None = None,
@@ -217,32 +244,42 @@ def cannot_link_tokens(n: int, groups: np.ndarray | None = None,
     return tokens
 
 
-def _members(must_link: np.ndarray | None) -> list[np.ndarray]:
-    """Row indices of each must-link group (must_link (N,) group number, -1 none), sorted."""
-    if must_link is None:
+def _members(numbers: np.ndarray | None) -> list[np.ndarray]:
+    """Row indices of each group of two faces or more (numbers (N,) group number, -1 none:
+    must-link groups, parts), in group order."""
+    if numbers is None:
         return []
-    must = np.asarray(must_link)
-    rows = np.flatnonzero(must >= 0)
-    order = rows[np.argsort(must[rows], kind="stable")]
-    return [m for m in np.split(order, np.flatnonzero(np.diff(must[order])) + 1) if len(m) > 1]
+    numbers = np.asarray(numbers)
+    rows = np.flatnonzero(numbers >= 0)
+    order = rows[np.argsort(numbers[rows], kind="stable")]
+    return [m for m in np.split(order, np.flatnonzero(np.diff(numbers[order])) + 1) if len(m) > 1]
 
 
 def enforce_constraints(x: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None,
-                        must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None) -> np.ndarray:
+                        must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
+                        parts: np.ndarray | None = None) -> np.ndarray:
     """labels (N,) with the constraints enforced afterwards, for methods that cannot take
-    them while clustering (HDBSCAN). Each must-link group joins the cluster most of its
-    faces are in (a new one when none is in any). Then, in each cluster, units (a must-link
-    group, or a face) are kept in order, must-link groups first, then nearest the cluster's
-    mean embedding, while none of their cannot-link tokens (`cannot_link_tokens`) is taken:
-    a face that conflicts becomes -1, a must-link group that conflicts a cluster of its own.
-    Without must-link, this keeps of several faces of one photo the one nearest the centre."""
+    them while clustering (HDBSCAN), as AgglomerativeFaces takes them. Each part joins the
+    cluster most of its faces are in (a new one when none is in any; a must-linked face in
+    no part keeps its cluster, or gets one), and the clusters holding faces of one must-link
+    group become one: a merged person keeps what the clustering gathered around each of its
+    parts. Then, in each cluster, units (a must-link group, or a face) are kept in order,
+    must-link groups first, then nearest the cluster's mean embedding, while none of their
+    cannot-link tokens (`cannot_link_tokens`) is taken: a face that conflicts becomes -1, a
+    must-link group that conflicts a cluster of its own. Without must-link, this keeps of
+    several faces of one photo the one nearest the centre."""
     labels = np.asarray(labels, dtype=np.int64).copy()
     tokens = cannot_link_tokens(len(labels), groups, cannot_link)
     units = [np.array([i]) for i in range(len(labels))]
-    grouped = np.zeros(len(labels), bool)
-    for members in _members(must_link):
+    for members in _members(parts):
         found = labels[members][labels[members] >= 0]
         labels[members] = np.bincount(found).argmax() if len(found) else labels.max(initial=-1) + 1
+    grouped = np.zeros(len(labels), bool)
+    for members in _members(must_link):
+        for i in members[labels[members] < 0].tolist():
+            labels[i] = labels.max(initial=-1) + 1
+        united = np.unique(labels[members])
+        labels[np.isin(labels, united)] = united[0]
         grouped[members] = True
         units.append(members)
     units = [u for u in units if len(u) > 1 or not grouped[u[0]]]
@@ -285,8 +322,8 @@ class HDBSCANFaces:
     come from the exact `n_neighbors` graph (complete for small N), passed to hdbscan
     as a sparse precomputed distance matrix; graph components are chained by edges
     longer than any real one so the tree is connected, which hdbscan then splits.
-    fit(x, groups, must_link, cannot_link) sets labels_ (N,) int64, -1 for noise; the
-    constraints (as AgglomerativeFaces takes them) are enforced afterwards
+    fit(x, groups, must_link, cannot_link, parts) sets labels_ (N,) int64, -1 for noise;
+    the constraints (as AgglomerativeFaces takes them) are enforced afterwards
     (`enforce_constraints`).
     """
 
@@ -298,13 +335,14 @@ class HDBSCANFaces:
         self.n_neighbors = n_neighbors
 
     def fit(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
-            cannot_link: np.ndarray | None = None) -> "HDBSCANFaces":
+            cannot_link: np.ndarray | None = None, parts: np.ndarray | None = None) -> "HDBSCANFaces":
         import hdbscan
         from scipy.sparse.csgraph import connected_components
 
         n = len(x)
         if n <= self.min_cluster_size:
-            self.labels_ = enforce_constraints(x, np.full(n, -1, dtype=np.int64), groups, must_link, cannot_link)
+            self.labels_ = enforce_constraints(x, np.full(n, -1, dtype=np.int64), groups, must_link, cannot_link,
+                                               parts)
             return self
         ei, ej, ed = knn_edges(x, max(self.n_neighbors, self.min_samples))
         # hdbscan drops explicit zeros (identical faces): keep them as a tiny distance.
@@ -320,12 +358,12 @@ class HDBSCANFaces:
                                 min_samples=self.min_samples,
                                 cluster_selection_method=self.cluster_selection_method)
         self.labels_ = enforce_constraints(x, _singletons_to_noise(model.fit_predict(graph)), groups,
-                                           must_link, cannot_link)
+                                           must_link, cannot_link, parts)
         return self
 
     def fit_predict(self, x: np.ndarray, groups: np.ndarray | None = None, must_link: np.ndarray | None = None,
-                    cannot_link: np.ndarray | None = None) -> np.ndarray:
-        return self.fit(x, groups, must_link, cannot_link).labels_
+                    cannot_link: np.ndarray | None = None, parts: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, groups, must_link, cannot_link, parts).labels_
 
 
 ESTIMATORS = {"agglomerative": AgglomerativeFaces, "hdbscan": HDBSCANFaces}
@@ -397,12 +435,15 @@ def cluster_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: np.ndarray | None = None,
                   eligible: np.ndarray | None = None, embedder_version: str | None = None,
                   must_link: np.ndarray | None = None, cannot_link: np.ndarray | None = None,
-                  **params) -> ClusterResult:
+                  parts: np.ndarray | None = None, **params) -> ClusterResult:
     """Cluster embeddings (N,D) into people with `method` (one of METHODS).
 
     groups (N,): the photo of each face; two faces of one photo are never one person, nor
     are the two faces of each row pair of cannot_link (P,2). must_link (N,): a group
-    number per face (-1 none); each group's faces are one person. eligible (N,) bool:
+    number per face (-1 none); each group's faces are one person. parts (N,): a part number
+    per face (-1 none), each part inside one must-link group (the people the user joined):
+    each part starts as a cluster of its own, and a must-linked face in no part starts
+    alone; clusters grow by the rule, and a group's end up one person. eligible (N,) bool:
     faces that may start or join a person (the quality gate, core.quality); the others
     stay unclustered and do not count in the library size.
     Parameters are `params_for(method, embedder_version)`, overridden by params
@@ -419,8 +460,14 @@ def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: 
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or infinite values")
     keep = np.ones(len(x), bool) if eligible is None else np.asarray(eligible, bool)
-    if keep.shape != (len(x),) or any(a is not None and np.shape(a) != (len(x),) for a in (groups, must_link)):
-        raise ValueError(f"groups, eligible and must_link must have shape ({len(x)},)")
+    if keep.shape != (len(x),) or any(a is not None and np.shape(a) != (len(x),) for a in (groups, must_link, parts)):
+        raise ValueError(f"groups, eligible, must_link and parts must have shape ({len(x)},)")
+    if parts is not None:
+        part, group = np.asarray(parts), np.full(len(x), -1) if must_link is None else np.asarray(must_link)
+        inside = part >= 0
+        if (group[inside] < 0).any() or len(set(zip(part[inside].tolist(), group[inside].tolist()))) != \
+                len(np.unique(part[inside])):
+            raise ValueError("each part must lie inside one must-link group")
     # only the eligible faces are clustered: constraints move to their rows
     row = np.cumsum(keep) - 1
     pairs = np.asarray(cannot_link if cannot_link is not None else [], np.int64).reshape(-1, 2)
@@ -428,8 +475,8 @@ def cluster_faces(embeddings: np.ndarray, method: str = DEFAULT_METHOD, groups: 
     labels = np.full(len(x), -1, dtype=np.int64)
     if keep.sum() > 1:
         estimator = ESTIMATORS[method](**{**params_for(method, embedder_version), **params})
-        labels[keep] = estimator.fit_predict(x[keep], None if groups is None else np.asarray(groups)[keep],
-                                             None if must_link is None else np.asarray(must_link)[keep], pairs)
+        photo, must, part = (None if a is None else np.asarray(a)[keep] for a in (groups, must_link, parts))
+        labels[keep] = estimator.fit_predict(x[keep], photo, must, pairs, part)
     person = canonical_labels(labels)
     valid = person >= 0
     _, centres, sizes = cluster_means(x, person)  # canonical labels are 0..K-1, all used

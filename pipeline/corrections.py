@@ -24,8 +24,11 @@ a must-link between two faces removes an earlier cannot-link between them and th
 way round (each such reversal is counted), a face moved or ignored leaves its earlier
 must-link group and its earlier pins, and a face that a later entry must-links is no
 longer ignored. What remains is consistent by construction: no cannot-link pair inside a
-must-link group. Pins (names, confirmations and the person id the user knew) are resolved
-per run against that run's clusters: a pin goes to the person holding most of its faces.
+must-link group. Each group keeps its parts: the faces that every entry joining them showed
+as one person (a merge's two people, a move's faces and its target, as they were then), so
+that clustering can let new faces join the part they resemble (pipeline.cluster). Pins
+(names, confirmations and the person id the user knew) are resolved per run against that
+run's clusters: a pin goes to the person holding most of its faces.
 Beam-free: the launcher validates and replays; the writer applies (pipeline.outputs).
 """
 from __future__ import annotations
@@ -204,13 +207,16 @@ class Pin:
 class UserConstraints:
     """One user's corrections after replay (face keys; plain data the writer carries).
 
-    must_link: groups of >= 2 faces, each one person; cannot_link: pairs never one person,
-    none inside a must-link group; ignored: faces kept out of people; pins in replay order;
+    must_link: groups of >= 2 faces, each one person; parts: the parts of those groups of
+    >= 2 faces (a face of a group in none is a part alone), each shown as one person by
+    every entry that joined it to others; cannot_link: pairs never one person, none inside
+    a must-link group; ignored: faces kept out of people; pins in replay order;
     entries: (source, face keys) of each entry, to count what no longer exists;
     overridden: face pairs whose earlier must-link or cannot-link a later entry reversed."""
 
     user_id: str
     must_link: tuple[tuple[str, ...], ...] = ()
+    parts: tuple[tuple[str, ...], ...] = ()
     cannot_link: tuple[tuple[str, str], ...] = ()
     ignored: frozenset[str] = frozenset()
     pins: tuple[Pin, ...] = ()
@@ -224,6 +230,10 @@ class _Replay:
 
     def __init__(self) -> None:
         self.group: dict[str, set[str]] = {}  # face -> its must-link group (shared set)
+        # face -> (must-link number, part) of each must-link that joined it: faces of one
+        # group with the same are one part
+        self.joined: dict[str, tuple[tuple[int, int], ...]] = {}
+        self.links = 0
         self.partners: dict[str, set[str]] = {}  # face -> faces it cannot be one person with
         self.ignored: set[str] = set()
         self.pins: list[Pin] = []
@@ -232,10 +242,14 @@ class _Replay:
     def members(self, key: str) -> set[str]:
         return self.group.setdefault(key, {key})
 
-    def must_link(self, keys: Sequence[str]) -> None:
-        """One person: merge the faces' groups; cannot-links inside it are dropped (reversed)."""
-        if not keys:
-            return
+    def must_link(self, *parts: Sequence[str]) -> None:
+        """One person: merge the groups of the faces of `parts` (each shown to the user as
+        one person); cannot-links inside it are dropped (reversed)."""
+        keys = [k for part in parts for k in part]
+        for number, part in enumerate(parts):
+            for k in part:
+                self.joined[k] = self.joined.get(k, ()) + ((self.links, number),)
+        self.links += 1
         self.ignored.difference_update(keys)
         merged = set().union(*(self.members(k) for k in keys))
         for k in merged:
@@ -252,6 +266,7 @@ class _Replay:
             if len(members) > 1:
                 members.discard(k)
                 self.group[k] = {k}
+            self.joined.pop(k, None)
         gone = set(keys)
         self.pins = [Pin(tuple(f for f in p.faces if f not in gone), p.person_id, p.name, p.source)
                      for p in self.pins]
@@ -270,7 +285,7 @@ class _Replay:
         if e.action == "rename":
             self.pins.append(Pin(e.faces, e.person_id, e.name, e.source))
         elif e.action == "merge":
-            self.must_link(e.faces + e.into_faces)
+            self.must_link(e.faces, e.into_faces)
             self.pins.append(Pin(e.faces + e.into_faces, e.into, None, e.source))
         elif e.action == "move":
             self.cannot_link(e.faces, e.rest)
@@ -280,7 +295,7 @@ class _Replay:
                 self.must_link(e.faces)
                 self.pins.append(Pin(e.faces, None, None, e.source))
             elif e.to is not None:
-                self.must_link(e.faces + e.to_faces)
+                self.must_link(e.faces, e.to_faces)
                 self.pins.append(Pin(e.faces + e.to_faces, e.to, None, e.source))
         else:
             self.detach(e.faces)
@@ -288,9 +303,14 @@ class _Replay:
 
     def result(self, user_id: str, entries: Sequence[Entry]) -> UserConstraints:
         groups = {id(g): g for g in self.group.values() if len(g) > 1}
+        parts: dict[tuple, list[str]] = {}
+        for g in groups.values():
+            for k in sorted(g):
+                parts.setdefault((id(g), self.joined[k]), []).append(k)
         pairs = sorted({(a, b) for a, partners in self.partners.items() for b in partners if a < b})
         return UserConstraints(
-            user_id, tuple(sorted(tuple(sorted(g)) for g in groups.values())), tuple(pairs),
+            user_id, tuple(sorted(tuple(sorted(g)) for g in groups.values())),
+            tuple(sorted(tuple(p) for p in parts.values() if len(p) > 1)), tuple(pairs),
             frozenset(self.ignored), tuple(p for p in self.pins if p.faces),
             tuple((e.source, e.keys()) for e in entries), self.overridden)
 
@@ -312,9 +332,11 @@ def replay(entries: Sequence[Entry]) -> dict[str, UserConstraints]:
 @dataclass(frozen=True)
 class FaceConstraints:
     """UserConstraints on one run's faces (N,), by row: must_link (N,) int64 group number
-    or -1, cannot_link (P,2) int64 row pairs, ignored (N,) bool."""
+    or -1, parts (N,) int64 part number or -1, cannot_link (P,2) int64 row pairs, ignored
+    (N,) bool (as pipeline.cluster.cluster_faces takes them)."""
 
     must_link: np.ndarray
+    parts: np.ndarray
     cannot_link: np.ndarray
     ignored: np.ndarray
 
@@ -355,16 +377,22 @@ class CorrectionsStats:
 
 def face_constraints(constraints: UserConstraints, face_keys: Sequence[str]) -> FaceConstraints:
     """The constraints on the faces present (face_keys (N,)); faces not present drop out,
-    and so does a must-link group left with one face."""
+    and so does a must-link group or part left with one face."""
     row = {k: i for i, k in enumerate(face_keys)}
-    must = np.full(len(face_keys), -1, np.int64)
-    for g, group in enumerate(constraints.must_link):
-        rows = [row[k] for k in group if k in row]
-        if len(rows) > 1:
-            must[rows] = g
+
+    def numbered(groups: tuple[tuple[str, ...], ...]) -> np.ndarray:
+        """(N,) int64: the number of each face's group of >= 2 faces present, else -1."""
+        out = np.full(len(face_keys), -1, np.int64)
+        for g, group in enumerate(groups):
+            rows = [row[k] for k in group if k in row]
+            if len(rows) > 1:
+                out[rows] = g
+        return out
+
     pairs = [(row[a], row[b]) for a, b in constraints.cannot_link if a in row and b in row]
     ignored = np.array([k in constraints.ignored for k in face_keys], bool)
-    return FaceConstraints(must, np.array(pairs, np.int64).reshape(-1, 2), ignored)
+    return FaceConstraints(numbered(constraints.must_link), numbered(constraints.parts),
+                           np.array(pairs, np.int64).reshape(-1, 2), ignored)
 
 
 def pinned_people(constraints: UserConstraints, face_keys: Sequence[str], labels: np.ndarray) -> PinnedPeople:

@@ -230,7 +230,7 @@ def clusters_table(faces: pa.Table, embeddings: np.ndarray, method: str, previou
     if n:
         result = cluster_faces(embeddings, method, groups=faces.column("photo_sha256").to_numpy(zero_copy_only=False),
                                eligible=linked.eligible(passed), embedder_version=embedders[0][1],
-                               must_link=linked.must_link, cannot_link=linked.cannot_link)
+                               must_link=linked.must_link, cannot_link=linked.cannot_link, parts=linked.parts)
         labels, size, distance = result.person_id, result.cluster_size, result.distance_to_centre
     else:
         labels = size = np.zeros(0, np.int32)

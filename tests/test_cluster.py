@@ -13,7 +13,7 @@ from scipy.spatial.distance import pdist
 from sklearn.metrics import adjusted_rand_score
 
 from bench.cluster_metrics import bcubed_prf, pairwise_prf, score, singletons_apart
-from conftest import REPO
+from conftest import REPO, lfw_image
 from pipeline.cluster import DEFAULT_METHOD, METHODS, AgglomerativeFaces, cluster_faces
 
 #: Each method's BCubed F floor with its defaults on the small real library below
@@ -74,6 +74,8 @@ def test_bad_input_messages():
         cluster_faces(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="NaN"):
         cluster_faces(np.full((3, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="inside one must-link group"):
+        cluster_faces(np.eye(4, dtype=np.float32), must_link=np.array([0, 0, 1, 1]), parts=np.array([0, 0, 0, -1]))
 
 
 def test_person_ids_ordered_by_size_and_outputs_consistent():
@@ -215,3 +217,72 @@ def test_ineligible_faces_never_start_or_join_a_person(lfw_library):
     r = cluster_faces(x, groups=None, eligible=eligible)
     assert (r.person_id[~eligible] == -1).all() and (r.cluster_size[~eligible] == 1).all()
     assert score(names[eligible], r.person_id[eligible]).bcubed_f >= MIN_BCUBED_F[DEFAULT_METHOD]
+
+
+# ---------------------------------------------------------------- people the user merged
+
+
+def _merge(lfw_library, method: str, parts: list[np.ndarray], new: np.ndarray, as_parts: bool = True,
+           shared_photo: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The library plus faces the user merged into one person (parts: each part's embeddings,
+    as the user saw them) and `new` faces, clustered with the merge as a must-link: (labels of
+    the library's faces, of the merged faces, of the new faces). as_parts=False gives the
+    merged faces as one part; shared_photo (merged face, new face) puts those two in one photo."""
+    x, _ = lfw_library
+    merged = np.concatenate(parts)
+    full = np.concatenate([x, merged, new])
+    rows = np.arange(len(x), len(x) + len(merged))
+    must, part = np.full(len(full), -1), np.full(len(full), -1)
+    must[rows] = 0
+    part[rows] = np.repeat(np.arange(len(parts)), [len(p) for p in parts]) if as_parts else 0
+    photos = np.arange(len(full))
+    if shared_photo:
+        photos[len(x) + len(merged) + shared_photo[1]] = rows[shared_photo[0]]
+    labels = cluster_faces(full, method, groups=photos, must_link=must, parts=part).person_id
+    return labels[:len(x)], labels[rows], labels[len(x) + len(merged):]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_new_photos_of_two_merged_people_join_them(lfw, lfw_library, method):
+    """Issue 17: the user merged Donald Rumsfeld into Gerhard Schroeder (one person from now
+    on); new photos of either join that person, and no stranger does. Shown as one part, the
+    merged person's average resembles neither man, and new photos of one of them (agglomerative:
+    of both) form a person of their own."""
+    from core.lfw import embed_images
+
+    def photos(name: str, numbers: range) -> np.ndarray:
+        return embed_images([lfw_image(lfw, name, i) for i in numbers])[0]
+
+    parts = [photos("Donald_Rumsfeld", range(1, 6)), photos("Gerhard_Schroeder", range(1, 5))]
+    new = np.concatenate([photos("Donald_Rumsfeld", range(6, 11)), photos("Gerhard_Schroeder", range(5, 10))])
+    library, merged, joined = _merge(lfw_library, method, parts, new)
+    person = merged[0]
+    assert person >= 0 and (merged == person).all() and (joined == person).all(), joined
+    assert not (library == person).any() or method != "agglomerative"  # HDBSCAN gathers lone faces
+    _, merged, joined = _merge(lfw_library, method, parts, new, as_parts=False)
+    assert not (joined == merged[0]).all()
+    # a new photo of Schroeder beside Rumsfeld (his first photo) does not join: the merged
+    # person already has Rumsfeld's face of that photo, though not in Schroeder's part
+    _, merged, joined = _merge(lfw_library, method, parts, new, shared_photo=(0, 5))
+    assert joined[5] != merged[0] and (np.delete(joined, 5) == merged[0]).all(), joined
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_split_person_merged_back_attracts_new_photos_of_each_part(lfw, lfw_library, method):
+    """Anna Kournikova's photos 1-8 and 10 (court and studio, hair up and down) split into three
+    people by the rule; the user merges them back into one. Her photos 9, 11 and 12 each resemble
+    one part: all three join her, though the average of all her faces is too far for some."""
+    from core.lfw import embed_images
+
+    x, _ = lfw_library
+    old = embed_images([lfw_image(lfw, "Anna_Kournikova", i) for i in (1, 2, 3, 4, 5, 6, 7, 8, 10)])[0]
+    new = embed_images([lfw_image(lfw, "Anna_Kournikova", i) for i in (9, 11, 12)])[0]
+    split = cluster_faces(np.concatenate([x, old])).person_id[len(x):]
+    people = np.unique(split[split >= 0])
+    assert len(people) == 3, split  # a precondition: the rule splits her
+    library, merged, joined = _merge(lfw_library, method, [old[split == p] for p in people], new)
+    person = merged[0]
+    assert person >= 0 and (merged == person).all() and (joined == person).all(), joined
+    assert not (library == person).any() or method != "agglomerative"
+    _, merged, joined = _merge(lfw_library, method, [old[split == p] for p in people], new, as_parts=False)
+    assert not (joined == merged[0]).all()

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from pipeline.cluster import METHODS, cluster_faces
-from pipeline.corrections import (CorrectionsError, IGNORED_REASON, Entry, UserConstraints, load_corrections,
-                                  pinned_people, replay)
+from pipeline.corrections import (CorrectionsError, IGNORED_REASON, Entry, UserConstraints, face_constraints,
+                                  load_corrections, pinned_people, replay)
 from pipeline.outputs import face_embeddings
 from pipeline.run import main, run
 from tests.conftest import lfw_image
@@ -383,6 +383,23 @@ def test_replay_ignore_split_and_move_into(tmp_path):
     assert set(out.must_link) == {(KEY[1], KEY[2], KEY[3]), (KEY[5], KEY[6])}
     assert set(out.cannot_link) == {(KEY[3], KEY[4])} | {(a, b) for a in KEY[5:7] for b in KEY[7:9]}
     assert out.overridden == 0
+
+
+def test_replay_keeps_the_parts_the_user_joined(tmp_path):
+    """A merged person's parts are the people joined, as the user saw them: a later merge into
+    it adds a part (not one part of all it shows), a face moved out leaves its part, and a face
+    moved in is a part of its own (one face: listed in no part). face_constraints numbers them."""
+    out = constraints(tmp_path, [
+        entry("merge", "u", 1, person_id=1, faces=KEY[:2], into=2, into_faces=KEY[2:5]),
+        entry("merge", "u", 2, person_id=3, faces=KEY[5:7], into=2, into_faces=KEY[:5]),
+        entry("move", "u", 3, person_id=2, faces=KEY[4:5], rest=KEY[:4] + KEY[5:7], to=None),
+        entry("move", "u", 4, person_id=4, faces=KEY[7:8], rest=[], to=2, to_faces=KEY[:4] + KEY[5:7]),
+        entry("move", "u", 5, person_id=2, faces=KEY[8:10], rest=[], to="new")])["u"]
+    assert out.must_link == (tuple(KEY[:4] + KEY[5:8]), tuple(KEY[8:10]))
+    assert out.parts == (tuple(KEY[:2]), tuple(KEY[2:4]), tuple(KEY[5:7]), tuple(KEY[8:10]))
+    linked = face_constraints(out, KEY[1:])  # KEY[0] is gone: its part keeps one face, so none
+    assert linked.must_link.tolist() == [0, 0, 0, -1, 0, 0, 0, 1, 1]
+    assert linked.parts.tolist() == [-1, 1, 1, -1, 2, 2, -1, 3, 3]
 
 
 def test_pins_go_to_the_cluster_holding_most_of_their_faces_and_later_pins_win(tmp_path):
