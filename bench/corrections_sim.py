@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cluster_eval import (LFW, PINS, PINS_FOLDS, Prepared, lfw_identities, pair_names,  # noqa: E402
                                 pins_folds, prepare, user_libraries, with_junk)
 from bench.cluster_metrics import bcubed_prf  # noqa: E402
+from models.embedders import DEFAULT_EMBEDDER, get_embedder  # noqa: E402
 from pipeline.cluster import cluster_faces  # noqa: E402
 from pipeline.corrections import FORMAT, VERSION, face_constraints, load_corrections, replay  # noqa: E402
 
@@ -89,18 +90,19 @@ def constraints_hold(labels: np.ndarray, must: np.ndarray, pairs: np.ndarray) ->
     return groups and not any(labels[a] == labels[b] >= 0 for a, b in pairs.tolist())
 
 
-def simulate(lib: Prepared, fixes: int, folder: Path,
+def simulate(lib: Prepared, fixes: int, folder: Path, version: str,
              new: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[dict], bool, np.ndarray]:
     """(labels (N,) before, after, the entries written, constraints held, labels after with
     each must-link group as one part) for one library. new (N,) bool: faces added after the
     user's corrections (the entries are made on the others' clustering; before and after
-    cluster them all, without and with the corrections)."""
+    cluster them all, without and with the corrections). version: the embedder version,
+    whose clustering parameters the pipeline uses."""
     new = np.zeros(len(lib.x), bool) if new is None else new
     old = np.flatnonzero(~new)
     keys = face_keys(len(lib.x))
-    seen = cluster_faces(lib.x[old], eligible=~lib.gated[old]).person_id
+    seen = cluster_faces(lib.x[old], eligible=~lib.gated[old], embedder_version=version).person_id
     entries = worst_errors(lib.identities[old], seen, [keys[i] for i in old], fixes)
-    before = cluster_faces(lib.x, eligible=~lib.gated).person_id if new.any() else seen
+    before = cluster_faces(lib.x, eligible=~lib.gated, embedder_version=version).person_id if new.any() else seen
     path = folder / "corrections.json"
     path.write_text(json.dumps({"format": FORMAT, "version": VERSION, "entries": entries}))
     constraints = replay(load_corrections([str(path)])).get(USER)
@@ -108,7 +110,7 @@ def simulate(lib: Prepared, fixes: int, folder: Path,
         return before, before, entries, True, before
     linked = face_constraints(constraints, keys)
     after, one_part = (cluster_faces(lib.x, eligible=linked.eligible(~lib.gated), must_link=linked.must_link,
-                                     cannot_link=linked.cannot_link, parts=parts).person_id
+                                     cannot_link=linked.cannot_link, parts=parts, embedder_version=version).person_id
                        for parts in (linked.parts, linked.must_link))
     return before, after, entries, constraints_hold(after, linked.must_link, linked.cannot_link), one_part
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lfw", type=Path, default=LFW)
     parser.add_argument("--pins", type=Path, default=PINS)
-    parser.add_argument("--embedder", default="dlib-resnet")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     parser.add_argument("--variants", default="clean,junk", help="comma list of clean, junk")
     parser.add_argument("--users", type=int, default=20, help="LFW user libraries (held-out identities)")
     parser.add_argument("--pins-users", type=int, default=10, help="pins50dev user libraries per fold")
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     for k, fold in enumerate(pins_folds(args.pins, args.seed)[:PINS_FOLDS]):
         suites[f"pins{k}-users"] = (user_libraries(pins, fold, args.pins_users, args.seed + 2000 + k,
                                                    f"pins{k}-", (15, 25)), args.pins)
+    version = get_embedder(args.embedder).version  # its own clustering parameters, as in the pipeline
     print(f"simulated user fixes the {args.fixes} largest errors per library (embedder {args.embedder}, "
           f"pipeline's default clustering, quality gate on); BCubed F over all faces and over clean faces")
     print(f"{'suite':<20} {'libs':>4} {'faces':>6} {'moves':>5} {'merges':>6} {'lone':>5}  "
@@ -199,11 +202,11 @@ def main(argv: list[str] | None = None) -> None:
                 if variant == "junk":
                     libraries = [with_junk(lib, root, args.seed) for lib in libraries]
                 prepared = prepare(libraries, args.embedder, variant, root)
-                rows = [simulate(lib, args.fixes, Path(tmp)) for lib in prepared]
+                rows = [simulate(lib, args.fixes, Path(tmp), version) for lib in prepared]
                 print(table_row(f"{name}-{variant}", prepared, rows))
                 rng = np.random.default_rng(args.seed)
                 new = [rng.random(len(lib.x)) < args.new_share for lib in prepared]
-                rows = [simulate(lib, args.fixes, Path(tmp), n) for lib, n in zip(prepared, new)]
+                rows = [simulate(lib, args.fixes, Path(tmp), version, n) for lib, n in zip(prepared, new)]
                 later.append(new_photos_row(f"{name}-{variant}", prepared, rows, new))
     print(f"\nthe same user fixes the {args.fixes} largest errors seen before {args.new_share:.0%} of the photos "
           f"(at random) are added; BCubed F of all the photos without the corrections, with each merged group "
