@@ -55,6 +55,16 @@ class EmbedderConfig:
         return self.align.name + ("+prewhiten" if self.prewhiten else "") + ("+flip" if self.flip else "")
 
 
+def embedder_version(weights_id: str, config: EmbedderConfig, bf16: bool = False) -> str:
+    """What ties embeddings to their exact weights, preprocessing and arithmetic."""
+    return f"{weights_id}/{config.preprocessing}" + ("+bf16" if bf16 else "")
+
+
+def ensemble_version(members: list[tuple[str, str, float]]) -> str:
+    """An ensemble's version from its members' (name, version, distance unit)."""
+    return "ensemble(" + ",".join(f"{name}:{version}/u{unit:g}" for name, version, unit in members) + ")"
+
+
 class FaceEmbedder(Protocol):
     """What the pipeline needs of an embedder (Embedder, EnsembleEmbedder)."""
 
@@ -86,7 +96,7 @@ class Embedder:
         #: CPU for Inception-ResNet-v1; same numbers up to float rounding).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.weights_id = weights_id
-        self.version = f"{weights_id}/{config.preprocessing}" + ("+bf16" if bf16 else "")
+        self.version = embedder_version(weights_id, config, bf16)
         self._options = {"batch_size": batch_size, "lineage": lineage, "channels_last": channels_last, "bf16": bf16}
         #: bfloat16 weights and activations (8 bits of mantissa; oneDNN and cuDNN sum the
         #: products in float32), where the device computes them natively (bf16_native);
@@ -174,13 +184,35 @@ CONFIGS = {c.name: c for c in (
 )}
 
 
+def _dlib_id(weights: str | None) -> str:
+    from models import weights as registry
+
+    return f"dlib-v1-{registry.file_sha256(registry.resolve('dlib-resnet', weights))[:12]}"
+
+
 def _dlib_resnet(device: str | torch.device, weights: str | None, bf16: bool = False) -> Embedder:
     from models import weights as registry
     from models.dlib_resnet import load_dlib_resnet
 
-    path = registry.resolve("dlib-resnet", weights)
-    return Embedder(CONFIGS["dlib-resnet"], load_dlib_resnet(path),
-                    f"dlib-v1-{registry.file_sha256(path)[:12]}", device, channels_last=True, bf16=bf16)
+    network = load_dlib_resnet(registry.resolve("dlib-resnet", weights))
+    return Embedder(CONFIGS["dlib-resnet"], network, _dlib_id(weights), device, channels_last=True, bf16=bf16)
+
+
+def _facenet_id(weights: str | None) -> str:
+    from models.inception_resnet_v1 import facenet_registry_name
+    from models.weights import file_sha256, resolve
+
+    path = resolve(facenet_registry_name("vggface2"), weights)
+    return f"{path.stem}-{file_sha256(path)[:12]}"
+
+
+def _converted_id(name: str) -> Callable[[str | None], str]:
+    def weights_id(weights: str | None) -> str:
+        from models.facenet_convert import converted_id
+
+        return converted_id(name, weights)
+
+    return weights_id
 
 
 def _facenet(device: str | torch.device, weights: str | None) -> Embedder:
@@ -224,7 +256,7 @@ class EnsembleEmbedder:
         self.dim = sum(m.dim for m in members)
         self.lineage = None
         self.device = members[0].device
-        self.version = "ensemble(" + ",".join(f"{m.name}:{m.version}/u{u:g}" for m, u in zip(members, units)) + ")"
+        self.version = ensemble_version([(m.name, m.version, u) for m, u in zip(members, units)])
         self._widths = [m.input_size ** 2 * 3 for m in members]
 
     def face_inputs(self, image: np.ndarray, faces: HasFaces) -> np.ndarray:
@@ -303,6 +335,33 @@ EMBEDDERS: dict[str, Callable[[str | torch.device, str | None], FaceEmbedder]] =
 #: suites over each single model, at 0.6x or more of dlib-resnet's pipeline photos/s with
 #: bfloat16 arithmetic (bench/RESULTS.md, issue 18).
 DEFAULT_EMBEDDER = "ensemble"
+
+
+#: Each published embedder's weights id from its weights file alone (describe_embedder).
+WEIGHTS_IDS: dict[str, Callable[[str | None], str]] = {
+    "dlib-resnet": _dlib_id, "facenet": _facenet_id,
+    "facenet-casia": _converted_id("facenet-casia"), "facenet-msceleb": _converted_id("facenet-msceleb"),
+}
+
+
+def describe_embedder(name: str, weights: str | None = None) -> tuple[str, int, dict | None]:
+    """(version, dimension, lineage) of get_embedder(name, weights=weights), checked
+    (weights found, pinned digests verified) without loading a network: what a launcher
+    needs to write its outputs. Fine-tuned checkpoints are loaded (their lineage is inside)."""
+    from models.finetuned import is_finetuned
+
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; choose one of {', '.join(EMBEDDERS)}")
+    if weights is not None and is_finetuned(weights):
+        embedder = get_embedder(name, "cpu", weights)
+        return embedder.version, embedder.dim, embedder.lineage
+    if name != "ensemble":
+        return embedder_version(WEIGHTS_IDS[name](weights), CONFIGS[name]), embedding_dim(name), None
+    if weights is not None:
+        _ensemble("cpu", weights)  # its one-line refusal
+    members = [(n, embedder_version(WEIGHTS_IDS[n](None), dataclasses.replace(CONFIGS[n], **changes), True), u)
+               for n, u, changes in ENSEMBLE_MEMBERS]
+    return ensemble_version(members), embedding_dim(name), None
 
 
 def embedding_dim(name: str) -> int:

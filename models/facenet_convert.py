@@ -231,6 +231,12 @@ CHECKPOINTS = {c.registry: c for c in (
 )}
 
 
+def converted_id(name: str, weights: str | Path | None = None) -> str:
+    """The version of checkpoint `name`'s weights (``<release>-<first 12 hex of the
+    source's sha256>``), from the file alone: nothing is converted or loaded."""
+    return f"{CHECKPOINTS[name].release}-{file_sha256(resolve(name, weights))[:12]}"
+
+
 def load_converted(name: str, weights: str | Path | None = None,
                    cache_dir: str | Path | None = None) -> LoadedFacenet:
     """InceptionResnetV1 in eval mode (batch norms folded) with checkpoint `name` of
@@ -248,7 +254,7 @@ def load_converted(name: str, weights: str | Path | None = None,
         state, _ = checkpoint.reader(path)
         _save_atomically(state, cached)
     network.load_state_dict(state, strict=True)
-    return LoadedFacenet(network.eval().fold_batch_norms(), f"{checkpoint.release}-{digest[:12]}")
+    return LoadedFacenet(network.eval().fold_batch_norms(), converted_id(name, path))
 
 
 def _save_atomically(state: dict[str, torch.Tensor], target: Path) -> None:

@@ -63,6 +63,15 @@ def launcher_embedder(name: str, weights: str | None) -> FaceEmbedder:
     return get_embedder(name, "cpu", weights)
 
 
+def launcher_embedder_info(name: str, weights: str | None) -> EmbedderInfo:
+    """What the outputs record about --embedder and --embedder_weights, validated (weights
+    found, digests checked) without loading a network: the launcher of a run without
+    --known_people never holds the models."""
+    from models.embedders import describe_embedder
+
+    return EmbedderInfo(name, *describe_embedder(name, weights))
+
+
 def embedder_info(embedder: FaceEmbedder) -> EmbedderInfo:
     """What the outputs record about a loaded embedder."""
     return EmbedderInfo(embedder.name, embedder.version, embedder.dim, embedder.lineage)

@@ -51,7 +51,8 @@ from apache_beam.runners.runner import PipelineState
 from pipeline import schemas
 from pipeline.corrections import UserConstraints, correction_files, describe, load_corrections, replay, run_record
 from pipeline.decode import LoadPhotos
-from pipeline.inference import EmbedderInfo, FaceModelHandler, InferenceSettings, embedder_info, launcher_embedder
+from pipeline.inference import (EmbedderInfo, FaceModelHandler, InferenceSettings, launcher_embedder,
+                                launcher_embedder_info)
 from pipeline.inputs import ListInput, NoPhotos, check_manifest, is_manifest, no_photos
 from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
@@ -328,16 +329,15 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     output locked)."""
     if is_manifest(opts.input):
         check_manifest(opts.input)
-    progress.step = "loading the embedder"
-    model = launcher_embedder(opts.embedder, opts.embedder_weights)
-    embedder = embedder_info(model)
-    settings = inference_settings(opts, embedder)
+    progress.step = "checking the embedder"
+    settings = inference_settings(opts, launcher_embedder_info(opts.embedder, opts.embedder_weights))
     previous = resolve_previous(opts.previous, opts.output)
     naming = None
     if opts.known_people:
         progress.step = "loading --known_people"
         from pipeline.known_people import load_naming  # loads torch models: only when asked
 
+        model = launcher_embedder(opts.embedder, opts.embedder_weights)
         naming = load_naming(opts.known_people, settings, model, opts.follow_links)
     progress.step, progress.pipeline_started = "running the pipeline", True
     success = FileSystems.join(opts.output, SUCCESS)
@@ -360,7 +360,7 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
         raise no_photos(opts.input, skipped["count"])
     users = finalise(opts.output, run_id)
     summary = RunSummary(run_id, runner, opts.output, sum(listed.values()), wall,
-                         asdict(embedder), opts.cluster, users, skipped, beam_counters(result),
+                         asdict(settings.embedder), opts.cluster, users, skipped, beam_counters(result),
                          previous=previous,
                          known_people=known_people_record(opts.known_people, naming) if naming else None,
                          corrections=run_record(correction_files(opts.corrections), corrections,

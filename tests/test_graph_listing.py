@@ -5,7 +5,7 @@ Why: a launcher that lists 10 million photos and ships them into the job graph b
 gigabytes of graph (runners refuse job requests of a few tens of MB) after hours of
 listing on one machine. Here: the graph for a manifest of 100 and of 1,000,000 photos
 has the same size, and building it costs the launcher no memory that grows with the
-library (under 500 MB peak RSS with dlib-resnet; see MAX_LAUNCHER_RSS); the listing shards of a
+library (under 500 MB peak RSS with the default embedder); the listing shards of a
 folder and of a manifest together list every entry once; a user's batches depend only
 on the user's listing.
 """
@@ -33,7 +33,7 @@ BUILD = """
 import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from pipeline.inference import embedder_info, launcher_embedder
+from pipeline.inference import launcher_embedder_info
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.progress import ProgressPrinter
 from pipeline.run import build, inference_settings
@@ -41,7 +41,7 @@ from pipeline.run import build, inference_settings
 options = PipelineOptions(sys.argv[1:])
 opts = options.view_as(FaceGroupOptions)
 validate(opts)
-settings = inference_settings(opts, embedder_info(launcher_embedder(opts.embedder, opts.embedder_weights)))
+settings = inference_settings(opts, launcher_embedder_info(opts.embedder, opts.embedder_weights))
 p = beam.Pipeline(options=options)
 build(p, opts, "graphsize", settings, None, None, ProgressPrinter(opts.output, "graphsize", 10.0).recorder())
 size = len(p.to_runner_api().SerializeToString())
@@ -49,8 +49,8 @@ with open("/proc/self/status") as status:
     peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 print(size, peak)
 """
-#: With dlib-resnet. The launcher loads the embedder to validate and version it: the
-#: ensemble's networks alone add about 170 MB (peak 624 MiB here), whatever the library.
+#: The launcher checks and versions the embedder without loading its networks (with the
+#: default embedder; the ensemble's networks alone would add about 170 MB).
 MAX_LAUNCHER_RSS = 500 << 20
 #: What building the graph of a million photos may cost beyond that of a hundred (noise).
 MAX_BUILD_GROWTH = 20 << 20
@@ -66,8 +66,8 @@ def manifest(path: Path, n: int, row_group_size: int | None = None) -> Path:
 
 def graph(manifest_path: Path, out: Path) -> tuple[int, int]:
     """(serialized graph bytes, launcher peak RSS bytes) of building the pipeline."""
-    done = subprocess.run([sys.executable, "-c", BUILD, "--input", str(manifest_path), "--output", str(out),
-                           "--embedder", "dlib-resnet"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", BUILD, "--input", str(manifest_path), "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     size, rss = done.stdout.split()[-2:]
     return int(size), int(rss)

@@ -172,3 +172,12 @@ def test_manifest_run_reports_unreadable_and_invalid_rows(lfw, tmp_path):
     failures = pq.read_table(tmp_path / "out/failures/user_id=carol/part-0.parquet").to_pylist()
     assert [(f["photo_path"], f["stage"]) for f in failures] == [("missing.jpg", "read")]
     assert str(tmp_path) not in failures[0]["error"] and "missing.jpg" in failures[0]["error"]
+
+
+@pytest.mark.parametrize("name", ["ensemble", "dlib-resnet", "facenet-msceleb", "facenet-casia"])
+def test_launcher_knows_the_version_without_loading_the_networks(name):
+    """The launcher writes every output with the version and dimension the workers will
+    load (they refuse another): the description from the weights files must match."""
+    from pipeline.inference import embedder_info, launcher_embedder, launcher_embedder_info
+
+    assert launcher_embedder_info(name, None) == embedder_info(launcher_embedder(name, None))
