@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -184,26 +185,26 @@ CONFIGS = {c.name: c for c in (
 )}
 
 
-def _dlib_id(weights: str | None) -> str:
+def _dlib_weights(weights: str | None) -> tuple[Path, str]:
+    """dlib-resnet's weights file (checked) and its weights id."""
     from models import weights as registry
 
-    return f"dlib-v1-{registry.file_sha256(registry.resolve('dlib-resnet', weights))[:12]}"
+    path = registry.resolve("dlib-resnet", weights)
+    return path, f"dlib-v1-{registry.file_sha256(path)[:12]}"
 
 
 def _dlib_resnet(device: str | torch.device, weights: str | None, bf16: bool = False) -> Embedder:
-    from models import weights as registry
     from models.dlib_resnet import load_dlib_resnet
 
-    network = load_dlib_resnet(registry.resolve("dlib-resnet", weights))
-    return Embedder(CONFIGS["dlib-resnet"], network, _dlib_id(weights), device, channels_last=True, bf16=bf16)
+    path, weights_id = _dlib_weights(weights)
+    return Embedder(CONFIGS["dlib-resnet"], load_dlib_resnet(path), weights_id, device, channels_last=True, bf16=bf16)
 
 
 def _facenet_id(weights: str | None) -> str:
-    from models.inception_resnet_v1 import facenet_registry_name
-    from models.weights import file_sha256, resolve
+    from models.inception_resnet_v1 import facenet_id, facenet_registry_name
+    from models.weights import resolve
 
-    path = resolve(facenet_registry_name("vggface2"), weights)
-    return f"{path.stem}-{file_sha256(path)[:12]}"
+    return facenet_id(resolve(facenet_registry_name("vggface2"), weights))
 
 
 def _converted_id(name: str) -> Callable[[str | None], str]:
@@ -339,7 +340,7 @@ DEFAULT_EMBEDDER = "ensemble"
 
 #: Each published embedder's weights id from its weights file alone (describe_embedder).
 WEIGHTS_IDS: dict[str, Callable[[str | None], str]] = {
-    "dlib-resnet": _dlib_id, "facenet": _facenet_id,
+    "dlib-resnet": lambda weights: _dlib_weights(weights)[1], "facenet": _facenet_id,
     "facenet-casia": _converted_id("facenet-casia"), "facenet-msceleb": _converted_id("facenet-msceleb"),
 }
 

@@ -254,7 +254,12 @@ def load_facenet(checkpoint: str = "vggface2", weights: str | Path | None = None
     except RuntimeError as err:  # wrong architecture: one line naming the file
         detail = " ".join(str(err).split())
         raise ValueError(f"{path} does not fit InceptionResnetV1: {detail[:300]}") from None
-    return LoadedFacenet(model.eval(), f"{path.stem}-{file_sha256(path)[:12]}")
+    return LoadedFacenet(model.eval(), facenet_id(path))
+
+
+def facenet_id(path: Path) -> str:
+    """The version of a checkpoint file: its stem and the first 12 hex of its sha256."""
+    return f"{path.stem}-{file_sha256(path)[:12]}"
 
 
 def facenet_registry_name(checkpoint: str) -> str:
