@@ -31,17 +31,16 @@ import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.report import build_report  # noqa: E402
-from pipeline.schemas import CLUSTERS, FAILURES, PHOTOS, face_key, faces_schema  # noqa: E402
+from pipeline.schemas import CLUSTERS, FAILURES, IMAGES, PHOTOS, face_key, faces_schema  # noqa: E402
+from pipeline.tables import PART, table_path, write_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LFW = REPO.parent / "shared" / "data" / "lfw"
@@ -87,7 +86,7 @@ def library(faces: int) -> list[tuple[str, list[Path]]]:
 
 def write_tables(out: Path, faces: int) -> tuple[int, int]:
     """Pipeline-shaped Parquet tables of one user; returns (faces, people)."""
-    photos, face_rows, clusters, grey = [], [], [], []
+    photos, face_rows, clusters, images, grey = [], [], [], [], []
     owners: list[tuple[int, int]] = []  # (person id or -1, row) per face
     people = 0
     for name, paths in library(faces):
@@ -101,11 +100,12 @@ def write_tables(out: Path, faces: int) -> tuple[int, int]:
             crop.save(buf, "JPEG", quality=85)
             rel = f"{name}/{path.name}"
             photos.append(dict(user_id=USER, photo_path=rel, photo_sha256=sha, status="faces", n_faces=1,
-                               width=250, height=250, preview=data))
+                               width=250, height=250, images_part=PART))
             face_rows.append(dict(user_id=USER, photo_path=rel, photo_sha256=sha, face_index=0,
                                   face_key=face_key(sha, 0), box=list(map(float, FACE_BOX)), landmarks=[0.0] * 10,
-                                  det_score=1.0, embedder="none", embedder_version="0", embedding=[0.0],
-                                  thumbnail=buf.getvalue()))
+                                  det_score=1.0, embedder="none", embedder_version="0", embedding=[0.0]))
+            images += [dict(user_id=USER, photo_sha256=sha, face_index=None, jpeg=data),
+                       dict(user_id=USER, photo_sha256=sha, face_index=0, jpeg=buf.getvalue())]
             grey.append(np.asarray(crop.convert("L").resize((16, 16)), np.float32).ravel() / 255)
             owners.append((pid, len(face_rows) - 1))
     members: dict[int, list[int]] = {}
@@ -119,10 +119,8 @@ def write_tables(out: Path, faces: int) -> tuple[int, int]:
                                  cluster_size=len(rows) if pid >= 0 else 0,
                                  distance_to_centre=float(np.linalg.norm(grey[r] - centre))))
     for table, schema, rows in (("photos", PHOTOS, photos), ("faces", faces_schema(1), face_rows),
-                                ("clusters", CLUSTERS, clusters), ("failures", FAILURES, [])):
-        folder = out / table / f"user_id={quote(USER, safe='')}"
-        folder.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
+                                ("clusters", CLUSTERS, clusters), ("failures", FAILURES, []), ("images", IMAGES, images)):
+        write_table(table_path(str(out), table, USER), pa.Table.from_pylist(rows, schema=schema))
     return len(face_rows), people
 
 

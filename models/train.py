@@ -7,8 +7,8 @@
 Training data: a folder per identity of photos (the face nearest each photo's centre,
 core.faces' CENTRE rule, detected with our MTCNN and aligned with the embedder's AlignSpec
 through the hot path; photos with no face are skipped), of already-aligned chips
-(--aligned), or the pipeline's faces/ Parquet (aligned JPEG thumbnails) plus a CSV
-`face_key,label`. Batches hold P identities x K faces
+(--aligned), or the pipeline's faces/ Parquet (with the aligned JPEG thumbnails of the
+images/ table beside it) plus a CSV `face_key,label`. Batches hold P identities x K faces
 (identities with a single face cannot form a positive pair and are left out).
 
 Only the last layers are trained by default (--trainable last: the last residual level and
@@ -340,10 +340,14 @@ def load_folder_tree(root: Path, align: AlignSpec, faces: CentreFaces | LfwCentr
 
 
 def load_parquet_faces(faces_dir: Path, labels_csv: Path, embedder: Embedder) -> FaceSet:
-    """Labelled faces from the pipeline's faces/ Parquet (aligned JPEG thumbnails) and a CSV
-    with header `face_key,label`. Faces must come from `embedder`'s alignment, i.e. the same
-    embedder name; rows without a thumbnail are skipped."""
-    from pipeline.partitions import open_table
+    """Labelled faces from the pipeline's faces/ Parquet, their aligned JPEG thumbnails from
+    the images/ table beside it, and a CSV with header `face_key,label`. Faces must come from
+    `embedder`'s alignment, i.e. the same embedder name; faces without a thumbnail are skipped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from pipeline.tables import open_table
 
     if not faces_dir.is_dir():
         raise FileNotFoundError(f"--faces folder not found: {faces_dir}")
@@ -354,12 +358,20 @@ def load_parquet_faces(faces_dir: Path, labels_csv: Path, embedder: Embedder) ->
         if not reader.fieldnames or not {"face_key", "label"} <= set(reader.fieldnames):
             raise ValueError(f"--labels {labels_csv} needs a header with columns face_key,label")
         labels = {row["face_key"]: row["label"] for row in reader if row["label"]}
-    table = open_table(faces_dir).to_table(
-        columns=["face_key", "embedder", "thumbnail"])
+    table = open_table(faces_dir).to_table(columns=["face_key", "embedder"])
+    thumbs: dict[str, bytes] = {}
+    images = faces_dir.parent / "images"
+    if images.is_dir():
+        shas = sorted({key.rsplit(":", 1)[0] for key in labels})
+        found = open_table(images).to_table(columns=["photo_sha256", "face_index", "jpeg"],
+                                            filter=pc.is_in(ds.field("photo_sha256"), pa.array(shas, pa.string()))
+                                            & ds.field("face_index").is_valid())
+        for sha, index, jpeg in zip(*(found.column(c).to_pylist() for c in ("photo_sha256", "face_index", "jpeg"))):
+            thumbs.setdefault(f"{sha}:{index}", jpeg)
     rows: dict[str, tuple[str, bytes | None]] = {}
-    for key, name, thumb in zip(*(table.column(c).to_pylist() for c in ("face_key", "embedder", "thumbnail"))):
+    for key, name in zip(*(table.column(c).to_pylist() for c in ("face_key", "embedder"))):
         if key in labels and key not in rows:
-            rows[key] = (name, thumb)
+            rows[key] = (name, thumbs.get(key))
     unknown = [k for k in labels if k not in rows]
     if unknown:
         raise ValueError(f"--labels: {len(unknown)} face_key(s) not in {faces_dir}, e.g. {unknown[0]}")

@@ -86,9 +86,10 @@ class FaceModels:
         self.embedder = embedder
 
 
-class FaceModelHandler(ModelHandler[DecodedPhoto | PhotoOutcome, PhotoOutcome, FaceModels]):
+class FaceModelHandler(ModelHandler[DecodedPhoto | PhotoOutcome, list[PhotoOutcome], FaceModels]):
     """RunInference handler: a batch of DecodedPhoto (and already failed PhotoOutcome,
-    passed through) -> one PhotoOutcome per item, in order.
+    passed through) -> one element, the batch's PhotoOutcomes (one per item, in order),
+    so that the next step writes the batch's JPEGs as one file (pipeline.images).
 
     Used as ``RunInference(handler.with_no_batching())`` on batches made by
     decode.LoadPhotos: Beam's BatchElements emits its last batch from finish_bundle,
@@ -116,10 +117,10 @@ class FaceModelHandler(ModelHandler[DecodedPhoto | PhotoOutcome, PhotoOutcome, F
         return FaceModels(MTCNN(min_face_size=self.min_face_size, device=device), embedder)
 
     def run_inference(self, batch: Sequence[DecodedPhoto | PhotoOutcome], model: FaceModels,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PhotoOutcome]:
+                      inference_args: dict[str, Any] | None = None) -> Iterable[list[PhotoOutcome]]:
         photos = [item for item in batch if isinstance(item, DecodedPhoto)]
         done = iter(process_batch(photos, model, self.min_det_score))
-        return [next(done) if isinstance(item, DecodedPhoto) else item for item in batch]
+        return [[next(done) if isinstance(item, DecodedPhoto) else item for item in batch]]
 
     def get_num_bytes(self, batch: Sequence[DecodedPhoto | PhotoOutcome]) -> int:
         return sum(item.image.nbytes for item in batch if isinstance(item, DecodedPhoto))

@@ -29,10 +29,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.inference import InferenceSettings
-from pipeline.outputs import run_record_path, write_text
 from pipeline.progress import ProgressRecorder
 from pipeline.records import PhotoRef, Skipped
 from pipeline.reuse import PreviousPart, mark_reusable
+from pipeline.tables import run_record_path, write_text
 from pipeline.users import user_folder, user_key
 
 #: Grouping key of the entries that belong to no user (user keys are non-negative).

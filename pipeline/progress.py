@@ -30,8 +30,8 @@ from typing import Any, Iterable, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.inference import FaceModelHandler
-from pipeline.outputs import write_text
 from pipeline.records import DecodedPhoto, PhotoOutcome
+from pipeline.tables import write_text
 
 PROGRESS = "_progress"
 #: The rate is measured over this many seconds of recent progress (starting slowly while
@@ -96,10 +96,11 @@ class CountingModelHandler(FaceModelHandler):
         self.recorder = recorder
 
     def run_inference(self, batch: Sequence[DecodedPhoto | PhotoOutcome], model: Any,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PhotoOutcome]:
-        outcomes = list(super().run_inference(batch, model, inference_args))
-        self.recorder.add(outcomes)
-        return outcomes
+                      inference_args: dict[str, Any] | None = None) -> Iterable[list[PhotoOutcome]]:
+        batches = list(super().run_inference(batch, model, inference_args))
+        for outcomes in batches:
+            self.recorder.add(outcomes)
+        return batches
 
 
 def read_progress(folder: str) -> tuple[int, int, int]:

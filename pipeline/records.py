@@ -2,7 +2,9 @@
 
 One input photo becomes one `PhotoRef`, then (when readable) `PhotoBytes`, then (when
 decodable) `DecodedPhoto`, and always ends as exactly one `PhotoOutcome`: the record
-from which the per-user writer builds its `photos/`, `faces/` and `failures/` rows.
+from which the per-user writer builds its `photos/`, `faces/` and `failures/` rows. Its
+JPEGs (preview, thumbnails) leave it for images/ right after inference (pipeline.images),
+so what is grouped per user is light: keys, boxes, quality and embeddings.
 Failures at any stage are turned into outcomes where they happen, so one bad photo
 never fails a bundle. In an incremental run, a photo whose previous result is reused
 ends as a REUSED outcome, and each user's `PreviousResults` meets that user's outcomes
@@ -90,15 +92,16 @@ class Face:
     """One detected, aligned and embedded face, in full-resolution displayed pixels.
 
     box: (4,) float32 x1,y1,x2,y2; landmarks: (5,2) float32; embedding: (D,) float32 unit
-    norm; thumbnail: JPEG of the aligned chip; quality in [0,1] and, below the gate, the
-    reason (core.quality): low-quality faces never start or join a person.
+    norm; thumbnail: JPEG of the aligned chip until written to images/ (then None);
+    quality in [0,1] and, below the gate, the reason (core.quality): low-quality faces
+    never start or join a person.
     """
 
     box: np.ndarray
     landmarks: np.ndarray
     det_score: float
     embedding: np.ndarray
-    thumbnail: bytes
+    thumbnail: bytes | None
     quality: float = 1.0
     quality_reason: str | None = None
 
@@ -110,7 +113,8 @@ class PhotoOutcome:
     status is "faces", "no_face", "failed" or, until the writer resolves it, REUSED;
     failed outcomes carry `stage` (one of
     pipeline.schemas.FAILURE_STAGES) and a one-line `error`. Faces are in face_index
-    order (descending detection score).
+    order (descending detection score). `preview` (and each face's thumbnail) is set until
+    pipeline.images writes them to the images/ file named `images_part`.
     """
 
     user_id: str
@@ -123,6 +127,7 @@ class PhotoOutcome:
     faces: list[Face] = field(default_factory=list)
     stage: str | None = None
     error: str | None = None
+    images_part: str | None = None
 
 
 def failed_outcome(user_id: str, photo_path: str, stage: str, error: str,

@@ -1,8 +1,11 @@
 """Static HTML report of the pipeline's Parquet outputs: browse each user's people like a photo app.
 
-Why: users judge the grouping by looking at it, and fix it there. The report is rebuilt from photos/,
-faces/, clusters/, failures/ and people/ alone (no re-detection), works offline as plain files, and pages big
-users so that a user with 10,000 faces opens fast. Every printed value is HTML-escaped by `el`; the only
+Why: users judge the grouping by looking at it, and fix it there. The report is made from photos/,
+faces/, clusters/, failures/, people/ and images/ alone (no re-detection), works offline as plain files, and
+pages big users so that a user with 10,000 faces opens fast. The pipeline writes each user's pages on a worker
+right after the user's tables (`user_report`, through Beam's FileSystems: any file system), and the index from
+small per-user summaries in its last step (`write_index`; pipeline.finish); `python -m pipeline.report`
+rebuilds the same files from the tables. Every printed value is HTML-escaped by `el`; the only
 scripts are the report's own files (every page carries a Content-Security-Policy allowing scripts from
 the report itself and nothing inline): assets/edit.js, the corrections editor (rename, merge, move,
 ignore; kept in the browser's localStorage and downloaded as a corrections file for `--corrections`),
@@ -17,7 +20,7 @@ Layout under <output>/report/ (file names come from hashes and integer ids, neve
     u-<h>/unclustered[-<n>].html       faces left unclustered (person_id -1)
     u-<h>/failures[-<n>].html          photos that failed, with stage and error
     u-<h>/photo-<h>.html               a photo's preview with every face box drawn over it
-    u-<h>/faces/<h>.jpg, u-<h>/photos/<h>.jpg   thumbnails and previews copied from Parquet
+    u-<h>/faces/<h>.jpg, u-<h>/photos/<h>.jpg   thumbnails and previews copied from images/
 """
 from __future__ import annotations
 
@@ -26,21 +29,21 @@ import hashlib
 import html
 import io
 import json
-import shutil
+import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.corrections import IGNORED_REASON
-from pipeline.partitions import open_table
-from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, faces_schema
+from pipeline.images import read_images
+from pipeline.tables import read_user_table, remove_tree, table_users
 
 PEOPLE_PER_PAGE = 120
 FACES_PER_PAGE = 300
@@ -59,16 +62,37 @@ NAME_SOURCES = {"user": "named by you", "known_people": "known person"}
 VOID = frozenset({"img", "meta", "link", "br", "input"})
 LABEL_EM = 0.66  # average width of a bold sans-serif character, in font sizes (to fit box labels)
 
-# Only the columns the report reads; embeddings and other heavy columns are never loaded.
-_FACES = faces_schema(1)
-FACE_COLUMNS = pa.schema([_FACES.field(n) for n in
-                          ("user_id", "photo_path", "photo_sha256", "face_index", "face_key", "box", "thumbnail",
-                           "quality_reason")])
-# A known person's name may come as the `name` column of clusters/ or in a people/ table (one row
-# per person): both are read when present and tolerated when absent (outputs written before names
-# existed read the column as null). Likewise people/ `confirmed`, `name_source` and clusters/
-# `unclustered_reason` (pipeline.corrections), which tables written before corrections lack.
-PEOPLE_COLUMNS = pa.schema([PEOPLE.field(n) for n in ("user_id", "person_id", "name", "confirmed", "name_source")])
+#: The columns the report reads of each table (embeddings are never loaded). Columns that tables
+#: written before them lack read as null: clusters/ `name` (a known person's name may also come from
+#: people/), people/ `confirmed`, `name_source` and clusters/ `unclustered_reason` (pipeline.corrections).
+COLUMNS = {"photos": ["photo_path", "photo_sha256", "status", "width", "height", "images_part"],
+           "faces": ["photo_path", "photo_sha256", "face_index", "face_key", "box", "quality_reason"],
+           "clusters": ["face_key", "person_id", "distance_to_centre", "name", "unclustered_reason"],
+           "people": ["person_id", "name", "confirmed", "name_source"],
+           "failures": ["photo_path", "stage", "error"]}
+REPORT = "report"
+#: Where a user's JPEGs come from: (images/ parts, wanted (photo_sha256, face_index or None for the
+#: preview)) -> (photo_sha256, face_index, jpeg) of those found (pipeline.images.read_images).
+ImageSource = Callable[[set[str], set[tuple[str, int | None]]], Iterator[tuple[str, int | None, bytes]]]
+
+
+class Folder:
+    """A folder of the report on any file system (Beam's FileSystems: local, s3://, gs://...)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, name: str, data: str | bytes) -> None:
+        """Write the file `name` (a relative path) with `data` (text as UTF-8)."""
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        with FileSystems.create(FileSystems.join(self.path, name), mime_type="application/octet-stream",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(raw)
+
+
+def stored_images(output: str, user_id: str) -> ImageSource:
+    """The ImageSource of a user's images/ folder under `output`."""
+    return lambda parts, wanted: read_images(output, user_id, parts, wanted)
 
 
 class Html(str):
@@ -190,73 +214,41 @@ class UserSummary:
     top: list[tuple[str, Face]]  # (title, representative face) of the largest people
 
 
-class Tables:
-    """The pipeline's Parquet tables (Hive `user_id=` folders); a missing table reads as empty."""
-
-    def __init__(self, output: Path) -> None:
-        self.photos = self._open(output / "photos", PHOTOS)
-        self.faces = self._open(output / "faces", FACE_COLUMNS)
-        self.clusters = self._open(output / "clusters", CLUSTERS)
-        self.failures = self._open(output / "failures", FAILURES)
-        self.people = self._open(output / "people", PEOPLE_COLUMNS)
-
-    @staticmethod
-    def _open(root: Path, schema: pa.Schema) -> ds.Dataset | None:
-        return open_table(root, schema) if root.is_dir() else None
-
-    def user_ids(self) -> list[str]:
-        ids: set[str] = set()
-        for dataset in (self.photos, self.faces, self.failures):
-            if dataset is not None:
-                ids.update(dataset.to_table(columns=["user_id"]).column(0).unique().to_pylist())
-        return sorted(ids)
-
-    @staticmethod
-    def rows(dataset: ds.Dataset | None, user_id: str, columns: list[str]) -> list[dict]:
-        if dataset is None:
-            return []
-        return dataset.to_table(columns=columns, filter=ds.field("user_id") == user_id).to_pylist()
-
-    @staticmethod
-    def write_blobs(dataset: ds.Dataset | None, user_id: str, key: str, blob: str,
-                    wanted: dict[str, Path]) -> dict[str, tuple[int, int]]:
-        """Stream `blob` JPEGs of the wanted keys to their files; returns each written image's (w, h)."""
-        sizes: dict[str, tuple[int, int]] = {}
-        if dataset is None:
-            return sizes
-        for batch in dataset.to_batches(columns=[key, blob], filter=ds.field("user_id") == user_id):
-            for k, data in zip(batch.column(0).to_pylist(), batch.column(1)):
-                if k in sizes or k not in wanted or not data.is_valid:
-                    continue
-                raw = data.as_py()
-                try:
-                    sizes[k] = Image.open(io.BytesIO(raw)).size
-                except UnidentifiedImageError:
-                    continue  # not an image: shown as a placeholder rather than a broken picture
-                wanted[k].write_bytes(raw)
-        return sizes
+def rows(table: pa.Table | None, columns: list[str]) -> list[dict]:
+    """The rows of one user's table as dicts of `columns`; a column the table lacks (written
+    before it existed) reads as None, a missing table as no rows."""
+    if table is None:
+        return []
+    present = [c for c in columns if c in table.column_names]
+    found = table.select(present).to_pylist()
+    return [{c: row.get(c) for c in columns} for row in found]
 
 
-def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
-    """Join one user's tables and write its thumbnails and previews under root/u-<h>/."""
-    folder = f"u-{digest(user_id, 16)}"
-    (root / folder / "faces").mkdir(parents=True)
-    (root / folder / "photos").mkdir()
+def image_size(data: bytes | None) -> tuple[int, int] | None:
+    """(width, height) of a JPEG, None when it is missing or not an image (shown as a placeholder)."""
+    if data is None:
+        return None
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except UnidentifiedImageError:
+        return None
 
+
+def load_user(user_id: str, tables: dict[str, pa.Table | None], images: ImageSource, folder: Folder) -> UserReport:
+    """Join one user's tables (pipeline.user_tables.TABLES by name) and write its thumbnails and
+    previews, read from `images`, into `folder`/faces/ and `folder`/photos/."""
     statuses = {"faces": 0, "no_face": 0, "failed": 0}
-    photo_rows = tables.rows(tables.photos, user_id, ["photo_path", "photo_sha256", "status", "width", "height"])
+    photo_rows = rows(tables.get("photos"), COLUMNS["photos"])
     for row in photo_rows:
         statuses[row["status"]] = statuses.get(row["status"], 0) + 1
 
     faces: dict[str, Face] = {}
-    for row in tables.rows(tables.faces, user_id,
-                           ["photo_path", "photo_sha256", "face_index", "face_key", "box", "quality_reason"]):
+    for row in rows(tables.get("faces"), COLUMNS["faces"]):
         faces.setdefault(row["face_key"], Face(row["face_key"], row["photo_sha256"], row["photo_path"],
                                                row["face_index"], tuple(row["box"]),
                                                low_quality=row["quality_reason"]))
     names: dict[int, set[str]] = {}
-    for row in tables.rows(tables.clusters, user_id,
-                           ["face_key", "person_id", "distance_to_centre", "name", "unclustered_reason"]):
+    for row in rows(tables.get("clusters"), COLUMNS["clusters"]):
         face = faces.get(row["face_key"])
         if face is None:
             continue
@@ -265,28 +257,39 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
         if row["name"]:
             names.setdefault(face.person, set()).add(row["name"])
     marks: dict[int, tuple[bool, str | None]] = {}  # person id -> (confirmed, name_source)
-    for row in tables.rows(tables.people, user_id, ["person_id", "name", "confirmed", "name_source"]):
+    for row in rows(tables.get("people"), COLUMNS["people"]):
         if row["name"]:
             names.setdefault(row["person_id"], set()).add(row["name"])
         marks[row["person_id"]] = bool(row["confirmed"]), row["name_source"]
 
-    thumbs = {k: root / folder / "faces" / f"{digest(k)}.jpg" for k in faces}
-    for k in tables.write_blobs(tables.faces, user_id, "face_key", "thumbnail", thumbs):
-        faces[k].thumb = thumbs[k].name
-
     photos: dict[str, Photo] = {}
     for face in sorted(faces.values(), key=lambda f: (f.photo, f.index, f.key)):
         photos.setdefault(face.photo, Photo(face.photo, [], None, None)).faces.append(face)
+    parts: set[str] = set()
     for row in sorted(photo_rows, key=lambda r: r["photo_path"]):
         photo = photos.get(row["photo_sha256"])
         if photo is not None:
             photo.paths.append(row["photo_path"])
             photo.width, photo.height = row["width"], row["height"]
-    previews = {sha: root / folder / "photos" / f"{digest(sha)}.jpg" for sha in photos}
-    for sha, size in tables.write_blobs(tables.photos, user_id, "photo_sha256", "preview", previews).items():
-        photos[sha].preview, photos[sha].preview_size = previews[sha].name, size
+            if row["images_part"]:
+                parts.add(row["images_part"])
     for photo in photos.values():
         photo.paths = photo.paths or sorted({f.path for f in photo.faces})
+
+    by_image = {(f.photo, f.index): f for f in faces.values()}
+    wanted = set(by_image) | {(sha, None) for sha in photos}
+    for sha, index, data in images(parts, wanted):
+        size = image_size(data)
+        if size is None:
+            continue
+        if index is None:
+            photo = photos[sha]
+            photo.preview, photo.preview_size = f"{digest(sha)}.jpg", size
+            folder.write(f"photos/{photo.preview}", data)
+        else:
+            face = by_image[(sha, index)]
+            face.thumb = f"{digest(face.key)}.jpg"
+            folder.write(f"faces/{face.thumb}", data)
 
     members: dict[int, list[Face]] = {}
     for face in faces.values():
@@ -298,8 +301,8 @@ def load_user(tables: Tables, user_id: str, root: Path) -> UserReport:
                      *marks.get(pid, (False, None))) for pid, fs in members.items() if pid >= 0]
     people.sort(key=lambda p: (-len(p.faces), p.pid))
     failures = sorted((r["photo_path"], r["stage"], r["error"])
-                      for r in tables.rows(tables.failures, user_id, ["photo_path", "stage", "error"]))
-    return UserReport(user_id, folder, statuses, people, unclustered, failures, photos)
+                      for r in rows(tables.get("failures"), COLUMNS["failures"]))
+    return UserReport(user_id, user_dir(user_id), statuses, people, unclustered, failures, photos)
 
 
 # ---------------------------------------------------------------- page pieces
@@ -474,11 +477,7 @@ def chunks(items: list, size: int) -> list[list]:
 
 # ---------------------------------------------------------------- pages
 
-def write(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8", newline="\n")
-
-
-def write_pages(base: Path, stem: str, title: str, crumbs: list[tuple[str, str | None]], items: list,
+def write_pages(base: Folder, stem: str, title: str, crumbs: list[tuple[str, str | None]], items: list,
                 per_page: int, render: Callable[[list], Html], head: object = None, heading: object = None,
                 intro: object = None, outro: object = None, edit: Html | None = None) -> list[list]:
     """Write `items` as <stem>.html, <stem>-2.html, ... (head, editor controls, heading, pager, listing,
@@ -488,7 +487,7 @@ def write_pages(base: Path, stem: str, title: str, crumbs: list[tuple[str, str |
     for n, chunk in enumerate(pages, 1):
         nav = pager(stem, n, len(pages))
         first = n == 1
-        write(base / page_name(stem, n), page(
+        base.write(page_name(stem, n), page(
             title if first else f"{title} · page {n}",
             crumbs if first else crumbs[:-1] + [(crumbs[-1][0], page_name(stem, 1)), (f"page {n}", None)],
             [head, edit, intro if first else None, heading, nav, render(chunk), nav, outro if first else None], 1,
@@ -496,9 +495,9 @@ def write_pages(base: Path, stem: str, title: str, crumbs: list[tuple[str, str |
     return pages
 
 
-def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_page: int) -> None:
-    """Every page of one user: overview + people pages, person pages, unclustered, failures, photos."""
-    base = root / user.folder
+def write_user(base: Folder, user: UserReport, people_per_page: int, faces_per_page: int) -> None:
+    """Every page of one user into its folder: overview + people pages, person pages, unclustered,
+    failures, photos."""
     home = [("All users", "../index.html"), (user.user_id, "index.html")]
     n_faces, n_people, n_unclustered = user.n_faces, len(user.people), len(user.unclustered)
     face_home: dict[str, tuple[str, str]] = {}  # face key -> (page holding it, label of its group)
@@ -531,7 +530,7 @@ def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_pag
                 head=el("h1", {}, user.user_id), heading=el("h2", {}, f"People ({n_people:,})"),
                 intro=el("section", {"class": "overview"}, stats(figures), size_chart(user.people)),
                 outro=[unclustered, failures], edit=edit_tools(None, ()))
-    write(base / EDIT_DATA, edit_data(user))
+    base.write(EDIT_DATA, edit_data(user))
 
     for person in user.people:
         head = el("div", {"class": "person-head"}, thumb(person.faces[0], "avatar", person.title, 112),
@@ -555,7 +554,7 @@ def write_user(root: Path, user: UserReport, people_per_page: int, faces_per_pag
                 faces_per_page, failure_table, head=el("h1", {}, f"{title} ({len(user.failures):,})"))
 
     for photo in user.photos.values():
-        write(base / f"photo-{digest(photo.sha)}.html", photo_page(user, photo, home, face_home))
+        base.write(f"photo-{digest(photo.sha)}.html", photo_page(user, photo, home, face_home))
 
 
 def photo_page(user: UserReport, photo: Photo, home: list[tuple[str, str | None]],
@@ -625,42 +624,64 @@ def index_page(users: list[UserSummary]) -> str:
     return page("facegroup report", [("All users", None)], body, 0)
 
 
-def build_report(output: str, people_per_page: int = PEOPLE_PER_PAGE, faces_per_page: int = FACES_PER_PAGE) -> str:
-    """Write <output>/report/ from the Parquet tables under <output>; returns the index.html path.
+def user_dir(user_id: str) -> str:
+    """The report folder of a user: a digest, so that input names never reach the file system."""
+    return f"u-{digest(user_id, 16)}"
 
-    The report is built beside the old one and swapped in, so a rebuild replaces it whole; the same
-    tables always give byte-identical files.
-    """
-    out = Path(output)
-    if not out.is_dir():
-        raise FileNotFoundError(f"--output {output}: no such directory")
-    if not (out / "photos").is_dir() and not (out / "failures").is_dir():
-        raise FileNotFoundError(f"--output {output}: no photos/ or failures/ table; run the pipeline first")
+
+def user_report(report: str, user_id: str, tables: dict[str, pa.Table | None], images: ImageSource,
+                people_per_page: int = PEOPLE_PER_PAGE, faces_per_page: int = FACES_PER_PAGE) -> UserSummary:
+    """Write every page and image of one user under `report` (replacing what an earlier run
+    left there) and return what the index shows of the user."""
+    folder = Folder(FileSystems.join(report, user_dir(user_id)))
+    remove_tree(folder.path)
+    user = load_user(user_id, tables, images, folder)
+    write_user(folder, user, people_per_page, faces_per_page)
+    return UserSummary(user.user_id, user.folder, sum(user.statuses.values()), user.n_faces, len(user.people),
+                       len(user.unclustered), len(user.failures),
+                       [(p.title, p.faces[0]) for p in user.people[:INDEX_AVATARS]])
+
+
+def write_index(report: str, users: list[UserSummary]) -> str:
+    """The report's assets and index page (users sorted by id); returns the index's path."""
+    folder = Folder(report)
+    for name in ASSETS:
+        folder.write(f"assets/{name}", resources.files("pipeline").joinpath("report_assets", name).read_bytes())
+    folder.write("index.html", index_page(sorted(users, key=lambda u: u.user_id)))
+    return FileSystems.join(report, "index.html")
+
+
+def remove_stale_files(report: str, users: Iterable[str]) -> None:
+    """Delete what `report` holds besides the index, the assets and the folders of `users`
+    (left by earlier runs: users no longer in the input, files of an older layout)."""
+    keep = {user_dir(u) for u in users} | {"index.html", "assets"}
+    if "://" not in report:  # a local folder: its top-level entries, whole
+        stale = [os.path.join(report, n) for n in sorted(os.listdir(report)) if n not in keep] \
+            if os.path.isdir(report) else []
+    else:  # an object store has files only
+        stale = [m.path for m in FileSystems.match([FileSystems.join(report, "**")])[0].metadata_list
+                 if m.path[len(report):].lstrip("/").split("/")[0] not in keep]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def build_report(output: str, people_per_page: int = PEOPLE_PER_PAGE, faces_per_page: int = FACES_PER_PAGE) -> str:
+    """Rebuild <output>/report/ from the tables under <output> (any file system); returns the
+    index.html path. The pipeline writes the same pages as it goes (pipeline.finish): the same
+    tables always give byte-identical files."""
     if people_per_page < 1 or faces_per_page < 1:
         raise ValueError("--people-per-page and --faces-per-page must be >= 1")
-    tables = Tables(out)
-    tmp, final, old = out / ".report.tmp", out / "report", out / ".report.old"
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    (tmp / "assets").mkdir(parents=True)
-    for name in ASSETS:
-        (tmp / "assets" / name).write_bytes(resources.files("pipeline").joinpath("report_assets", name).read_bytes())
-
+    users = table_users(output, "photos") | table_users(output, "failures")
+    if not users and not FileSystems.exists(FileSystems.join(output, "photos")):
+        raise FileNotFoundError(f"--output {output}: no photos/ or failures/ table; run the pipeline first")
+    report = FileSystems.join(output, REPORT)
     summaries = []
-    for user_id in tables.user_ids():
-        user = load_user(tables, user_id, tmp)
-        write_user(tmp, user, people_per_page, faces_per_page)
-        summaries.append(UserSummary(user.user_id, user.folder, sum(user.statuses.values()), user.n_faces,
-                                     len(user.people), len(user.unclustered), len(user.failures),
-                                     [(p.title, p.faces[0]) for p in user.people[:INDEX_AVATARS]]))
-    write(tmp / "index.html", index_page(summaries))
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-    return str(final / "index.html")
+    for user_id in sorted(users):
+        tables = {name: read_user_table(output, name, user_id, columns) for name, columns in COLUMNS.items()}
+        summaries.append(user_report(report, user_id, tables, stored_images(output, user_id),
+                                     people_per_page, faces_per_page))
+    remove_stale_files(report, users)
+    return write_index(report, summaries)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ usable too: a crashed run resumes where its tables got to.
 
 A photo's previous result is reused when the file listed at the same user and path
 still hashes to the SHA-256 recorded there, its status was "faces" or "no_face"
-(failures are always tried again), its faces/ rows are complete (face indexes
+(failures are always tried again), its photos/ table names images/ parts (outputs of
+an earlier layout kept JPEGs in faces/ and photos/ and are computed again), its faces/ rows are complete (face indexes
 0..n_faces-1, embedded by this run's embedder name and version) and both tables were
 written with this run's InferenceSettings (embedder, detection options and face quality
 version, in the Parquet metadata; outputs of a version without face quality therefore
@@ -22,9 +23,10 @@ How it stays runner-independent (no side inputs, no state, no finish_bundle outp
     SHA-256), marking each reusable PhotoRef with its expected SHA-256. A worker that
     reads the bytes and finds that hash emits a REUSED outcome and skips decoding and
     inference (decode.load_photo);
-  - the heavy results (boxes, embeddings, thumbnails, previews) and the previous
-    person ids are read on the workers by `ReadPrevious`, one PreviousPart per user, and
-    meet the user's outcomes at the GroupByKey in front of the writer (Flatten).
+  - the results (boxes, embeddings, quality, the images/ part holding the photo's JPEGs:
+    pipeline.images) and the previous person ids are read on the workers by
+    `ReadPrevious`, one PreviousPart per user, and meet the user's outcomes at the
+    GroupByKey in front of the clustering (Flatten); the JPEGs stay where they are.
     GroupByKey is a barrier in batch mode, so every read of the previous tables ends
     before the first write, and --previous may be --output itself; a retried writer
     gets the same grouped data again.
@@ -42,15 +44,13 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
 from pipeline.inference import InferenceSettings
-from pipeline.outputs import table_path
 from pipeline.person_ids import PreviousPeople
 from pipeline.records import Face, PhotoOutcome, PhotoRef, PreviousResults
+from pipeline.tables import read_user_table
 from pipeline.users import user_key
 
 NO_PREVIOUS = "none"
@@ -80,16 +80,6 @@ def resolve_previous(option: str | None, output: str) -> str | None:
     return None
 
 
-def read_parquet(path: str, columns: list[str]) -> pa.Table | None:
-    """`columns` of a Parquet file through Beam's file systems (metadata kept); None
-    when the file does not exist. Only the chunks of those columns are read."""
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path, mime_type="application/octet-stream",
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return pq.read_table(f, columns=columns)
-
-
 def recorded_settings(table: pa.Table | None) -> bytes | None:
     """The InferenceSettings JSON a photos/ or faces/ file was written with."""
     return (table.schema.metadata or {}).get(schemas.SETTINGS_KEY) if table is not None else None
@@ -102,6 +92,8 @@ def _columns(table: pa.Table, *names: str) -> list[list]:
 def reusable_results(photos: pa.Table, faces: pa.Table | None, settings: InferenceSettings) -> dict[str, str]:
     """{photo_path: sha256} of one user's previous photos whose results can be reused."""
     wanted = settings.to_json().encode()
+    if "images_part" not in photos.column_names:  # written before images/: no thumbnails to keep
+        return {}
     if recorded_settings(photos) != wanted or (faces is not None and recorded_settings(faces) != wanted):
         return {}
     indexes: dict[str, list[int]] = defaultdict(list)
@@ -135,11 +127,11 @@ def mark_reusable(previous: str | None, user_id: str, refs: Sequence[PhotoRef],
     reusable: dict[str, str] = {}
     part = None
     try:
-        old_photos = read_parquet(table_path(previous, "photos", user_id),
-                                  ["photo_path", "photo_sha256", "status", "n_faces"])
+        old_photos = read_user_table(previous, "photos", user_id,
+                                     ["photo_path", "photo_sha256", "status", "n_faces", "images_part"])
         if old_photos is not None:
-            old_faces = read_parquet(table_path(previous, "faces", user_id),
-                                     ["photo_sha256", "face_index", "embedder", "embedder_version"])
+            old_faces = read_user_table(previous, "faces", user_id,
+                                        ["photo_sha256", "face_index", "embedder", "embedder_version"])
             reusable = reusable_results(old_photos, old_faces, settings)
             part = PreviousPart(user_id, tuple(sorted(set(reusable.values()))))
     except (OSError, pa.ArrowException) as exc:
@@ -160,22 +152,22 @@ def previous_results(previous: str, part: PreviousPart) -> PreviousResults:
     """Read one user's previous results for part.sha256s and all its person ids."""
     wanted = set(part.sha256s)
     faces: dict[str, list[Face]] = defaultdict(list)
-    face_rows = _rows(read_parquet(table_path(previous, "faces", part.user_id), [
-        "photo_sha256", "face_index", "box", "landmarks", "det_score", "embedding", "thumbnail",
-        "quality", "quality_reason"]), wanted)
+    face_rows = _rows(read_user_table(previous, "faces", part.user_id, [
+        "photo_sha256", "face_index", "box", "landmarks", "det_score", "embedding", "quality",
+        "quality_reason"]), wanted)
     for row in sorted(face_rows, key=lambda r: (r["photo_sha256"], r["face_index"])):
         faces[row["photo_sha256"]].append(Face(
             np.asarray(row["box"], np.float32), np.asarray(row["landmarks"], np.float32).reshape(5, 2),
-            float(row["det_score"]), np.asarray(row["embedding"], np.float32), row["thumbnail"],
+            float(row["det_score"]), np.asarray(row["embedding"], np.float32), None,
             float(row["quality"]), row["quality_reason"]))
     results: dict[str, PhotoOutcome] = {}
-    photo_rows = _rows(read_parquet(table_path(previous, "photos", part.user_id), [
-        "photo_sha256", "status", "width", "height", "preview"]), wanted)
+    photo_rows = _rows(read_user_table(previous, "photos", part.user_id, [
+        "photo_sha256", "status", "width", "height", "images_part"]), wanted)
     for row in photo_rows:
         sha = row["photo_sha256"]
         results.setdefault(sha, PhotoOutcome(part.user_id, "", row["status"], sha, row["width"], row["height"],
-                                             row["preview"], faces.get(sha, [])))
-    clusters = read_parquet(table_path(previous, "clusters", part.user_id), ["face_key", "person_id"])
+                                             None, faces.get(sha, []), images_part=row["images_part"]))
+    clusters = read_user_table(previous, "clusters", part.user_id, ["face_key", "person_id"])
     person_of: dict[str, int] = {}
     next_id = 0
     if clusters is not None:

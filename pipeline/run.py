@@ -1,45 +1,48 @@
-"""Build and run the pipeline, then finalise the output folder and print the summary.
+"""Build and run the pipeline, then check and finalise the output folder and print the summary.
 
     python -m pipeline --input LIBRARY --output OUT [--runner ...] [any Beam flag]
 
-The launcher lists nothing and plans nothing: the graph's size does not depend on the
-library's. Graph: ListInput (pipeline.inputs: the input location in a few shards ->
-ListUsers -> Reshuffle -> ListUserPhotos, or ReadManifest) -> PlanUsers (pipeline.plan:
-group the listing by user, join it with the user's previous results, cut it into batches
-of --batch_size photos) -> SpreadBatches -> LoadPhotos (read with SHA-256, decode unless
-reused; lists bounded by pixel weight) -> RunInference (detect, align, embed; model once
-per worker process) -> key by user -> GroupByKey -> write the user's five tables. In an
+The launcher only validates, builds, runs, checks and finalises: it lists nothing and
+plans nothing, so the graph's size does not depend on the library's. Graph: ListInput
+(pipeline.inputs: the input location in a few shards -> ListUsers -> Reshuffle ->
+ListUserPhotos, or ReadManifest) -> PlanUsers (pipeline.plan: group the listing by user,
+join it with the user's previous results, cut it into batches of --batch_size photos) ->
+SpreadBatches -> LoadPhotos (read with SHA-256, decode unless reused; lists bounded by
+pixel weight) -> RunInference (detect, align, embed; model once per worker process) ->
+WriteImages (pipeline.images: the batch's previews and thumbnails to images/, keyed by
+user without them) -> GroupByKey (keys, boxes, quality, embeddings) -> ClusterUsers
+(pipeline.user_tables: clustering, person ids, naming, corrections) -> WriteUserTables
+(pipeline.outputs) -> WriteUserPages -> GroupByKey of small per-user cards -> FinishRun
+(pipeline.finish: report index, stale folders removed, the run's summary). In an
 incremental run, the PreviousPart of each user that PlanUsers yields -> ReadPrevious
-joins the GroupByKey through a Flatten, bringing the user's previous results and person
-ids. With --known_people the launcher embeds the reference photos first
-(pipeline.known_people) and the writer DoFn carries them, as constructor data, to name
+joins the first GroupByKey through a Flatten, bringing the user's previous results and
+person ids. With --known_people the launcher embeds the reference photos first
+(pipeline.known_people) and ClusterUsers carries them, as constructor data, to name
 each user's people. Only single-output steps (a step with two kinds of output is split
 by Filters), no side inputs, state or finish_bundle output, and one chain that ends in
-the writer, so it means the same on DirectRunner, DaskRunner and portable runners. Every
-photo listed becomes exactly one outcome; the end-of-run check compares the photos
-listed (records written by PlanUsers) with the written tables.
+FinishRun, so it means the same on DirectRunner, DaskRunner and portable runners. Every
+photo listed becomes exactly one outcome; the launcher's check compares the photos
+listed (records written by PlanUsers) with the written tables (FinishRun's summary).
 
 Before the pipeline starts, the launcher proves it can write --output (a probe file,
 pipeline.output_probe) and takes the folder's lock (pipeline.run_lock: one run per output).
 A run owns its --output folder: it first removes ``_SUCCESS``; workers write per-user
-files and a per-user record under ``_runs/<run id>/``; after the pipeline succeeds the
-launcher reads those records, removes the folders of users that are no longer in the
-input and temporary files of failed attempts, builds the report, and writes
-``summary.json`` and finally ``_SUCCESS``. Output without ``_SUCCESS`` is incomplete.
-An unexpected failure ends in one line naming the step; its traceback goes to
-``_logs/<run id>.log`` (pipeline.run_log). While the pipeline runs, a progress line goes
-to stderr every --progress_seconds (pipeline.progress; --quiet: none).
+files, the report and records under ``_runs/<run id>/``; after the pipeline succeeds the
+launcher reads the run's summary, checks it, writes ``summary.json`` (with the run time
+and Beam's counters), drops the records and finally writes ``_SUCCESS``. Output without
+``_SUCCESS`` is incomplete. An unexpected failure ends in one line naming the step; its
+traceback goes to ``_logs/<run id>.log`` (pipeline.run_log). While the pipeline runs, a
+progress line goes to stderr every --progress_seconds (pipeline.progress; --quiet: none).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -48,33 +51,27 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline import schemas
-from pipeline.corrections import UserConstraints, correction_files, describe, load_corrections, replay, run_record
+from pipeline.corrections import UserConstraints, correction_files, load_corrections, replay
 from pipeline.decode import LoadPhotos
+from pipeline.finish import FinishRun, WriteUserPages, card_key
+from pipeline.images import WriteImages
 from pipeline.inference import (EmbedderInfo, FaceModelHandler, InferenceSettings, launcher_embedder,
                                 launcher_embedder_info)
 from pipeline.inputs import ListInput, NoPhotos, check_manifest, is_manifest, no_photos
 from pipeline.naming import Naming
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.output_probe import probe_output
-from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
+from pipeline.outputs import WriteUserTables
 from pipeline.plan import Batch, PlanUsers, SpreadBatches, read_listing
 from pipeline.progress import CountingModelHandler, ProgressPrinter, ProgressRecorder
-from pipeline.records import PhotoOutcome
-from pipeline.report import build_report
 from pipeline.reuse import PreviousPart, ReadPrevious, resolve_previous
 from pipeline.run_lock import RunLock, acquire
 from pipeline.run_log import KeptBeamErrors, RunFailed, run_failed, write_log
-from pipeline.users import user_folder, user_key
+from pipeline.summary import SUMMARY, RunSummary
+from pipeline.tables import RUNS, read_text, run_record_path, write_text
+from pipeline.user_tables import ClusterUsers
 
 SUCCESS = "_SUCCESS"
-SUMMARY = "summary.json"
-MAX_USERS_PRINTED = 20
-
-
-def by_user(outcome: PhotoOutcome) -> tuple[int, PhotoOutcome]:
-    """Outcome keyed for GroupByKey by its user's integer key (see users.user_key)."""
-    return user_key(outcome.user_id), outcome
 
 
 def inference_settings(opts: FaceGroupOptions, embedder: EmbedderInfo) -> InferenceSettings:
@@ -93,11 +90,15 @@ def is_previous_part(item: Batch | PreviousPart) -> bool:
 
 
 def build(p: beam.Pipeline, opts: FaceGroupOptions, run_id: str, settings: InferenceSettings,
-          previous: str | None = None, naming: Naming | None = None,
-          recorder: ProgressRecorder | None = None, corrections: dict[str, UserConstraints] | None = None) -> None:
+          previous: str | None = None, naming: Naming | None = None, recorder: ProgressRecorder | None = None,
+          corrections: dict[str, UserConstraints] | None = None, runner: str = "DirectRunner") -> None:
     """Add the whole pipeline to `p` (options validated, known people loaded, corrections
     replayed); `previous` is the earlier output to reuse (pipeline.reuse.resolve_previous);
-    listing and inference report their counts to `recorder` when given."""
+    listing and inference report their counts to `recorder` when given; `runner` is the
+    name the summary records."""
+    template = RunSummary(run_id, runner, opts.output, 0, 0.0, asdict(settings.embedder), opts.cluster, [],
+                          previous=previous,
+                          known_people=known_people_record(opts.known_people, naming) if naming else None)
     args = (settings.embedder, opts.embedder_weights, opts.device, opts.min_face_size, opts.min_det_score)
     handler = FaceModelHandler(*args) if recorder is None else CountingModelHandler(recorder, *args)
     planned = (p
@@ -109,7 +110,7 @@ def build(p: beam.Pipeline, opts: FaceGroupOptions, run_id: str, settings: Infer
                 | "LoadPhotos" >> beam.ParDo(LoadPhotos(opts.max_file_bytes, opts.max_pixels,
                                                         opts.max_detect_side, opts.batch_size))
                 | "DetectAlignEmbed" >> RunInference(handler.with_no_batching())
-                | "KeyByUser" >> beam.Map(by_user))
+                | "WriteImages" >> beam.ParDo(WriteImages(opts.output, settings.to_json())))
     if previous is not None:
         previous_results = (planned
                             | "PreviousParts" >> beam.Filter(is_previous_part).with_output_types(PreviousPart)
@@ -117,8 +118,14 @@ def build(p: beam.Pipeline, opts: FaceGroupOptions, run_id: str, settings: Infer
         outcomes = (outcomes, previous_results) | "WithPrevious" >> beam.Flatten()
     _ = (outcomes
          | "GroupByUser" >> beam.GroupByKey()
-         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, run_id, settings, opts.cluster, naming,
-                                                           corrections)))
+         | "ClusterUsers" >> beam.ParDo(ClusterUsers(settings, opts.cluster, naming, corrections))
+         | "WriteUserTables" >> beam.ParDo(WriteUserTables(opts.output, previous))
+         | "WriteUserPages" >> beam.ParDo(WriteUserPages(opts.output))
+         | "KeyAll" >> beam.Map(card_key)
+         | "GatherUsers" >> beam.GroupByKey()
+         | "FinishRun" >> beam.ParDo(FinishRun(opts.output, template, (correction_files(opts.corrections),
+                                                                       corrections or {})
+                                               if opts.corrections else None)))
 
 
 def known_people_record(folder: str, naming: Naming) -> dict:
@@ -127,94 +134,6 @@ def known_people_record(folder: str, naming: Naming) -> dict:
     return {"folder": folder, "names": len(set(known.names.tolist())), "faces": len(known.names),
             "per_user": any(u is not None for u in known.user_ids), "threshold": naming.threshold,
             "margin": naming.margin, "skipped": [{"photo": p, "reason": r} for p, r in known.skipped]}
-
-
-@dataclass
-class RunSummary:
-    """What a run produced; `format()` is the text printed at the end."""
-
-    run_id: str
-    runner: str
-    output: str
-    listed: int
-    wall_s: float
-    embedder: dict
-    cluster: str
-    users: list[UserStats]
-    skipped: dict = field(default_factory=lambda: {"count": 0, "reasons": {}, "examples": []})
-    counters: dict[str, int] | None = None
-    report: str | None = None
-    previous: str | None = None  # the earlier output whose results were reused
-    known_people: dict | None = None  # known_people_record of --known_people
-    corrections: dict | None = None  # pipeline.corrections.run_record of --corrections
-
-    @property
-    def photos(self) -> int:
-        return sum(u.photos for u in self.users)
-
-    def total(self, name: str) -> int:
-        return sum(getattr(u, name) for u in self.users)
-
-    def failed(self) -> dict[str, int]:
-        return {s: sum(u.failed[s] for u in self.users) for s in schemas.FAILURE_STAGES}
-
-    def check(self) -> None:
-        """Raise RuntimeError unless every listed photo is accounted for exactly once."""
-        for u in self.users:
-            if u.photos != u.with_faces + u.without_faces + sum(u.failed.values()):
-                raise RuntimeError(f"user {u.user_id}: {u.photos} photos != with faces + without + failed")
-        if self.listed != self.photos + self.total("duplicate_listings"):
-            raise RuntimeError(f"{self.listed} photos listed but {self.photos} written (and "
-                               f"{self.total('duplicate_listings')} duplicate listings): photos were lost")
-
-    def format(self) -> str:
-        failed = self.failed()
-        n_failed = sum(failed.values())
-        rate = self.photos / self.wall_s if self.wall_s > 0 else 0.0
-        lines = [
-            f"facegroup run {self.run_id} on {self.runner}: {self.photos} photos of {len(self.users)} users "
-            f"in {self.wall_s:.1f} s = {rate:.1f} photos/s",
-            f"photos listed {self.listed}, written {self.photos} = with faces {self.total('with_faces')} + "
-            f"without faces {self.total('without_faces')} + failed {n_failed}"
-            + (f" (+ {self.total('duplicate_listings')} duplicate manifest rows)"
-               if self.total("duplicate_listings") else ""),
-            "failed by stage: " + ", ".join(f"{s} {n}" for s, n in failed.items()),
-        ]
-        if self.previous:
-            lines.append(f"reused the results of {self.total('reused')} photos from {self.previous} (not "
-                         f"detected or embedded again); {self.photos - self.total('reused')} processed")
-        lines += [
-            f"faces {self.total('faces')} ({self.embedder['name']} {self.embedder['version']}, "
-            f"{self.embedder['dim']}-d), people {self.total('people')} ({self.cluster} clustering), "
-            f"unclustered faces {self.total('unclustered')}",
-        ]
-        known = self.known_people
-        if known:
-            lines.append(f"known people: {known['names']} names from {known['faces']} reference faces in "
-                         f"{known['folder']} (threshold {known['threshold']:.2f}, margin {known['margin']:.2f}); "
-                         f"named {self.total('named')} of {self.total('people')} people")
-            lines += [f"  skipped reference photo {s['photo']}: {s['reason']}" for s in known["skipped"]]
-        if self.corrections:
-            lines += describe(self.corrections)
-        lines.append("people per user:")
-        for u in self.users[:MAX_USERS_PRINTED]:
-            named = f" ({u.named} named)" if known else ""
-            lines.append(f"  {u.user_id}: {u.people} people{named}, {u.unclustered} unclustered faces; "
-                         f"{u.photos} photos, {u.faces} faces, {sum(u.failed.values())} failed")
-        if len(self.users) > MAX_USERS_PRINTED:
-            lines.append(f"  ... {len(self.users) - MAX_USERS_PRINTED} more users in {SUMMARY}")
-        if self.skipped["count"]:
-            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped["reasons"].items()))
-            lines.append(f"skipped {self.skipped['count']} entries that are no user's photos ({reasons})")
-        if self.counters is None:
-            lines.append("Beam counters: not reported by this runner (figures above are from the written tables)")
-        else:
-            lines.append("Beam counters: " + " ".join(f"{k}={v}" for k, v in sorted(self.counters.items())))
-        lines.append(f"output: {self.output}" + (f" (report: {self.report})" if self.report else ""))
-        return "\n".join(lines)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"photos": self.photos}, indent=2, sort_keys=True)
 
 
 def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] | None:
@@ -229,31 +148,6 @@ def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] 
         value = r.committed if r.committed is not None else r.attempted
         counters[r.key.metric.name] = counters.get(r.key.metric.name, 0) + int(value or 0)
     return counters
-
-
-def finalise(output: str, run_id: str) -> list[UserStats]:
-    """Read the run's per-user records, delete stale user folders and temp files, drop
-    the records. Returns the per-user stats sorted by user id."""
-    records = FileSystems.match([run_record_path(output, run_id, "*.json")])[0].metadata_list
-    users = []
-    for meta in records:
-        with FileSystems.open(meta.path) as f:
-            users.append(UserStats.from_json(f.read().decode("utf-8")))
-    users.sort(key=lambda u: u.user_id)
-    keep = {user_folder(u.user_id) for u in users}
-    for table in TABLES:
-        root = FileSystems.join(output, table)
-        stale_folders, temp_files = set(), []
-        for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
-            folder, name = FileSystems.split(meta.path)
-            if FileSystems.split(folder)[1] not in keep:
-                stale_folders.add(folder)
-            elif name.startswith(".") and name.endswith(".tmp"):
-                temp_files.append(meta.path)
-        if stale_folders or temp_files:
-            FileSystems.delete(sorted(stale_folders) + temp_files)
-    drop_run_records(output)
-    return users
 
 
 def drop_run_records(output: str) -> None:
@@ -345,7 +239,7 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
         FileSystems.delete([success])
     printer = None if opts.quiet else ProgressPrinter(opts.output, run_id, opts.progress_seconds)
     p = beam.Pipeline(options=options)
-    build(p, opts, run_id, settings, previous, naming, printer.recorder() if printer else None, corrections)
+    build(p, opts, run_id, settings, previous, naming, printer.recorder() if printer else None, corrections, runner)
     start = time.perf_counter()
     with printer or contextlib.nullcontext():  # DirectRunner runs the whole pipeline inside p.run()
         result = p.run()
@@ -353,27 +247,30 @@ def execute(options: PipelineOptions, opts: FaceGroupOptions, runner: str, run_i
     wall = time.perf_counter() - start
     if state != PipelineState.DONE:
         raise RuntimeError(f"pipeline ended in state {state}; {opts.output} is incomplete (no {SUCCESS})")
-    progress.step = "finalising the output"
-    listed, skipped = read_listing(opts.output, run_id)
-    if not listed:
-        drop_run_records(opts.output)
-        raise no_photos(opts.input, skipped["count"])
-    users = finalise(opts.output, run_id)
-    summary = RunSummary(run_id, runner, opts.output, sum(listed.values()), wall,
-                         asdict(settings.embedder), opts.cluster, users, skipped, beam_counters(result),
-                         previous=previous,
-                         known_people=known_people_record(opts.known_people, naming) if naming else None,
-                         corrections=run_record(correction_files(opts.corrections), corrections,
-                                                {u.user_id: u.corrections for u in users})
-                         if opts.corrections else None)
+    progress.step = "checking the output"
+    summary = read_summary(opts.output, run_id, opts.input)
+    summary.wall_s, summary.counters = wall, beam_counters(result)
     summary.check()
-    progress.step = "writing the report"
-    summary.report = build_report(opts.output)
     write_text(FileSystems.join(opts.output, SUMMARY), summary.to_json())
+    drop_run_records(opts.output)
     if not lock.held():
         raise RuntimeError(f"the lock of {opts.output} was taken over by another run; not marked complete")
     write_text(success, run_id + "\n")
     return summary
+
+
+def read_summary(output: str, run_id: str, location: str) -> RunSummary:
+    """The summary the run's last step recorded (pipeline.finish). Without one, no photo
+    was listed in `location` (NoPhotos, with what was skipped) or the run lost every
+    user's results."""
+    path = run_record_path(output, run_id, SUMMARY)
+    if FileSystems.exists(path):
+        return RunSummary.from_json(read_text(path))
+    listed, skipped = read_listing(output, run_id)
+    drop_run_records(output)
+    if not listed:
+        raise no_photos(location, skipped["count"])
+    raise RuntimeError(f"{sum(listed.values())} photos listed but the run recorded no user's results")
 
 
 def help_parser() -> argparse.ArgumentParser:

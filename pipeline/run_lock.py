@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.outputs import write_text
+from pipeline.tables import write_text
 
 LOCK = "_LOCK"
 #: Heartbeats per stale period: a live run is never mistaken for a dead one by a late beat.

@@ -17,8 +17,8 @@ import traceback
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.output_probe import reason
-from pipeline.outputs import write_text
 from pipeline.records import MAX_ERROR_LENGTH
+from pipeline.tables import write_text
 
 LOGS = "_logs"
 _STEP = re.compile(r"\[while running '([^']+)'\]")

@@ -1,8 +1,9 @@
 """Explicit pyarrow schemas of every Parquet table the pipeline writes.
 
 Each table (photos, faces, clusters, failures, people) is written per user under
-``<output>/<table>/user_id=<id>/part-0.parquet``; keeping the schemas here makes readers
-(report, search, tests) and writers agree.
+``<output>/<table>/user_id=<id>/part-0.parquet``; images/ (thumbnails and previews) per user
+and photo batch under ``<output>/images/user_id=<id>/<images_part>`` (pipeline.images).
+Keeping the schemas here makes readers (report, search, tests) and writers agree.
 """
 from __future__ import annotations
 
@@ -23,7 +24,17 @@ PHOTOS = pa.schema([
     pa.field("n_faces", pa.int32(), nullable=False),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
-    pa.field("preview", pa.binary()),
+    # the images/ file holding the photo's preview and face thumbnails (pipeline.images); null = none
+    pa.field("images_part", pa.string()),
+])
+
+#: JPEGs of the report, written before the per-user grouping (pipeline.images): each photo's
+#: preview (face_index null, longest side 512 px) and each face's aligned chip (face_index).
+IMAGES = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("photo_sha256", pa.string(), nullable=False),
+    pa.field("face_index", pa.int32()),
+    pa.field("jpeg", pa.binary(), nullable=False),
 ])
 
 
@@ -49,7 +60,6 @@ def faces_schema(dim: int, lineage: dict | None = None) -> pa.Schema:
         pa.field("embedder", pa.string(), nullable=False),
         pa.field("embedder_version", pa.string(), nullable=False),
         pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-        pa.field("thumbnail", pa.binary()),
     ])
     return schema.with_metadata({LINEAGE_KEY: json.dumps(lineage, sort_keys=True)}) if lineage else schema
 

@@ -20,20 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from core.faces import PhotoFaces
 from models.embedders import FaceEmbedder, get_embedder
 from models.mtcnn import MTCNN
 from pipeline.decode import encode_jpeg
+from pipeline.images import user_images
 from pipeline.options import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_DET_SCORE, DEFAULT_MIN_FACE_SIZE
-from pipeline.outputs import face_embeddings, table_path
 from pipeline.photo_faces import photo_faces
 from pipeline.reuse import recorded_settings
+from pipeline.tables import read_user_table, table_path
 from pipeline.thresholds import thresholds_for
+from pipeline.user_tables import face_embeddings
 from pipeline.users import encode_user_id
 
 #: Columns needed to rank (thumbnails are read only for the matches shown).
@@ -45,7 +44,7 @@ class UserFaces:
     """A user's faces from faces/: embeddings (N,D) float32 and per-face columns (N,), and
     the run's detection options (pipeline defaults where the file records none)."""
 
-    path: Path
+    path: str  # the faces/ file, for messages
     embedder: str
     embedder_version: str
     embeddings: np.ndarray
@@ -68,17 +67,12 @@ class Match:
     face_key: str
 
 
-def faces_file(output: Path, user_id: str) -> Path:
-    """The faces/ Parquet file of `user_id` under the pipeline output `output`."""
-    return Path(table_path(str(output), "faces", user_id))
-
-
 def load_user_faces(output: Path, user_id: str) -> UserFaces:
-    """Read a user's faces/ table (without thumbnails); one embedder version required."""
-    path = faces_file(output, user_id)
-    if not path.is_file():
+    """Read a user's faces/ table (the columns to rank); one embedder version required."""
+    table = read_user_table(str(output), "faces", user_id, RANK_COLUMNS)
+    path = table_path(str(output), "faces", user_id)
+    if table is None:
         raise FileNotFoundError(f"no faces/ table for --user {user_id!r} under --output {output} ({path})")
-    table = pq.read_table(path, columns=RANK_COLUMNS)
     if table.num_rows == 0:
         raise ValueError(f"--user {user_id!r} has no faces to search")
     embedders = pc.unique(table["embedder"]).to_pylist()
@@ -132,11 +126,10 @@ def query_face(faces: PhotoFaces, photo: Path, face_index: int | None) -> int:
     return face_index
 
 
-def thumbnails(faces_path: Path, keys: list[str]) -> dict[str, bytes | None]:
-    """face_key -> thumbnail JPEG of just the faces `keys` (streams the file, filtered)."""
-    table = ds.dataset(faces_path, format="parquet").to_table(
-        columns=["face_key", "thumbnail"], filter=pc.field("face_key").isin(pa.array(keys, pa.string())))
-    return dict(zip(table["face_key"].to_pylist(), table["thumbnail"].to_pylist()))
+def thumbnails(output: Path, user_id: str, keys: list[str]) -> dict[str, bytes]:
+    """face_key -> thumbnail JPEG of the faces `keys` (images/: pipeline.images)."""
+    wanted = {(sha, int(index)): f"{sha}:{index}" for sha, index in (key.rsplit(":", 1) for key in keys)}
+    return {wanted[image]: jpeg for image, jpeg in user_images(str(output), user_id, set(wanted)).items()}
 
 
 def page_name(user_id: str, photo: Path, face_index: int) -> str:
@@ -221,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         same = "?" if threshold is None else ("yes" if m.distance < threshold else "no")
         print(f"{m.rank:>4}  {m.distance:8.4f}  {same:4}  {m.face_index:>4}  {m.photo_path}")
     page = write_page(args.output / "search", page_name(args.user, args.photo, qi), args.user, args.photo,
-                      query.chips[qi], matches, thumbnails(faces.path, [m.face_key for m in matches]),
+                      query.chips[qi], matches, thumbnails(args.output, args.user, [m.face_key for m in matches]),
                       threshold, embedder.version)
     print(f"page: {page}")
     return 0

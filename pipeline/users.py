@@ -17,6 +17,7 @@ import unicodedata
 from urllib.parse import quote
 
 MAX_ENCODED_LENGTH = 200
+USER_FOLDER_PREFIX = "user_id="
 
 
 def user_id_problem(user_id: str) -> str | None:
@@ -43,7 +44,7 @@ def encode_user_id(user_id: str) -> str:
 
 def user_folder(user_id: str) -> str:
     """Hive partition folder name of `user_id` (``user_id=<encoded>``)."""
-    return f"user_id={encode_user_id(user_id)}"
+    return USER_FOLDER_PREFIX + encode_user_id(user_id)
 
 
 def user_key(user_id: str) -> int:

@@ -19,8 +19,8 @@ import pytest
 from pipeline.cluster import METHODS, cluster_faces
 from pipeline.corrections import (CorrectionsError, IGNORED_REASON, Entry, UserConstraints, face_constraints,
                                   load_corrections, pinned_people, replay)
-from pipeline.outputs import face_embeddings
 from pipeline.run import main, run
+from pipeline.user_tables import face_embeddings
 from tests.conftest import lfw_image
 from tests.test_incremental import ARGS, read
 

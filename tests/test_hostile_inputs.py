@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.images import user_images
 from pipeline.run import run
 from pipeline.users import user_folder
 from tests.conftest import REPO, lfw_image
@@ -73,6 +74,7 @@ def test_exif_rotated_photos_give_boxes_in_displayed_orientation(corpus):
     _, _, base, _ = corpus
     out = base / "out"
     photos = {p["photo_path"]: p for p in table(out, "photos")}
+    previews = user_images(str(out), USER)
     upright = np.array(face_of(out, f"{USER}/{UPRIGHT}")["box"])
     side = upright[2] - upright[0]
     for orientation, stored_as in STORED_AS.items():
@@ -82,7 +84,7 @@ def test_exif_rotated_photos_give_boxes_in_displayed_orientation(corpus):
         assert (photos[path]["width"], photos[path]["height"]) == (250, 200), path
         box = np.array(face_of(out, path)["box"])
         assert np.abs(box - upright).max() < 0.05 * side, (orientation, box, upright)
-        preview = Image.open(io.BytesIO(photos[path]["preview"]))
+        preview = Image.open(io.BytesIO(previews[photos[path]["photo_sha256"], None]))
         assert preview.size == (250, 200)
 
 

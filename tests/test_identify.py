@@ -27,19 +27,19 @@ from bench.identify_lfw import verify_sample
 from core.faces import ALL, CENTRE, LARGEST, main_face
 from core.lfw import embed_images
 from models.embedders import DEFAULT_EMBEDDER, get_embedder
-from models.weights import file_sha256
 from models.mtcnn import MTCNN, Detections
+from models.weights import file_sha256
 from pipeline import schemas, search, verify
 from pipeline.decode import encode_jpeg
-from pipeline.partitions import file_table
 from pipeline.inference import InferenceSettings, embedder_info
 from pipeline.known_people import load_known_people, load_naming, reference_photos
 from pipeline.naming import people_table
-from pipeline.outputs import WriteUserTables
 from pipeline.photo_faces import photo_faces
 from pipeline.report import digest
 from pipeline.run import main, run
+from pipeline.tables import PART, file_table, table_path, write_table
 from pipeline.thresholds import thresholds_for
+from pipeline.user_tables import ClusterUsers
 from pipeline.users import user_folder
 
 
@@ -227,7 +227,7 @@ def test_known_people_refuse_other_embedder_versions_and_missing_folders(lfw, em
     naming = load_naming(str(folder), InferenceSettings(info, 20, 0.9, 1600), embedder)
     assert naming.known.names.tolist() == ["Aaron"] and naming.threshold == thresholds_for(info.version).name
     with pytest.raises(ValueError, match="cannot name faces embedded with dlib-v1-000000000000"):
-        WriteUserTables(str(tmp_path / "out"), "run", other, "agglomerative", naming)
+        ClusterUsers(other, "agglomerative", naming)
     with pytest.raises(ValueError, match="no thresholds derived for embedder version 'dlib-v1-000000000000"):
         thresholds_for(other.embedder.version)
     assert main(["--input", str(lfw / "Aaron_Peirsol"), "--output", str(tmp_path / "out"),
@@ -254,23 +254,30 @@ def test_known_people_layouts(tmp_path, lfw):
 
 # --- search -----------------------------------------------------------------------------
 
-def write_faces(path: Path, user: str, paths: list[Path], lfw: Path, x: np.ndarray, embedder,
+def write_faces(out: Path, user: str, paths: list[Path], lfw: Path, x: np.ndarray, embedder,
                 version: str | None = None) -> None:
-    """A faces/ table (pipeline/schemas.py) of the given LFW photos and their embeddings.
+    """A user's faces/ table (pipeline/schemas.py) of the given LFW photos and their embeddings,
+    with the photos/ rows and the images/ part that hold their thumbnails (pipeline.images).
 
     Box/landmarks are the whole 250x250 photo (the cache keeps only embeddings); the
     thumbnail is the photo's centre, as the pipeline's aligned chip would roughly show.
     """
-    rows = []
+    faces, photos, images = [], [], []
     for p, e in zip(paths, x):
         sha = file_sha256(p)
-        rows.append({"user_id": user, "photo_path": p.relative_to(lfw).as_posix(), "photo_sha256": sha,
-                     "face_index": 0, "face_key": schemas.face_key(sha, 0), "box": [0.0, 0.0, 250.0, 250.0],
-                     "landmarks": [0.0] * 10, "det_score": 1.0, "embedder": embedder.name,
-                     "embedder_version": version or embedder.version, "embedding": e.tolist(),
-                     "thumbnail": encode_jpeg(np.asarray(Image.open(p).convert("RGB"))[60:190, 60:190], 80)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.faces_schema(x.shape[1])), path)
+        path = p.relative_to(lfw).as_posix()
+        faces.append({"user_id": user, "photo_path": path, "photo_sha256": sha,
+                      "face_index": 0, "face_key": schemas.face_key(sha, 0), "box": [0.0, 0.0, 250.0, 250.0],
+                      "landmarks": [0.0] * 10, "det_score": 1.0, "embedder": embedder.name,
+                      "embedder_version": version or embedder.version, "embedding": e.tolist()})
+        photos.append({"user_id": user, "photo_path": path, "photo_sha256": sha, "status": "faces", "n_faces": 1,
+                       "width": 250, "height": 250, "images_part": "part-test.parquet"})
+        images.append({"user_id": user, "photo_sha256": sha, "face_index": 0,
+                       "jpeg": encode_jpeg(np.asarray(Image.open(p).convert("RGB"))[60:190, 60:190], 80)})
+    for table, rows, schema, part in (("faces", faces, schemas.faces_schema(x.shape[1]), PART),
+                                      ("photos", photos, schemas.PHOTOS, PART),
+                                      ("images", images, schemas.IMAGES, "part-test.parquet")):
+        write_table(table_path(str(out), table, user, part), pa.Table.from_pylist(rows, schema=schema))
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +288,7 @@ def search_library(pool, lfw, embedder, tmp_path_factory):
     paths = [p for n in people for p in pool[n][1:6]] + [pool[n][0] for n in others]
     x, _ = embed_images(paths, embedder)
     out = tmp_path_factory.mktemp("out")
-    write_faces(search.faces_file(out, "u1"), "u1", paths, lfw, x, embedder)
+    write_faces(out, "u1", paths, lfw, x, embedder)
     return out, people, paths
 
 
@@ -327,7 +334,7 @@ def test_search_command_prints_and_writes_page(search_library, pool, tmp_path, d
 def test_search_refuses_other_embedder_version_and_bad_input(lfw, embedder, tmp_path, capsys):
     out = tmp_path / "out"
     paths = [lfw / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"]
-    write_faces(search.faces_file(out, "u2"), "u2", paths, lfw, np.zeros((1, embedder.dim), np.float32), embedder,
+    write_faces(out, "u2", paths, lfw, np.zeros((1, embedder.dim), np.float32), embedder,
                 version="dlib-v1-000000000000/lm150-v1")
     assert search.main(["--output", str(out), "--user", "u2", "--photo", str(paths[0])]) == 2
     assert "were embedded with dlib-v1-000000000000" in capsys.readouterr().err

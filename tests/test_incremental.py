@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,13 @@ from PIL import Image
 
 from pipeline import schemas
 from pipeline.decode import LoadPhotos
+from pipeline.images import IMAGES, user_images
 from pipeline.inference import EmbedderInfo, InferenceSettings
-from pipeline.outputs import TABLES, WriteUserTables
+from pipeline.outputs import WriteUserTables
 from pipeline.records import REUSED, DecodedPhoto, Face, PhotoOutcome, PhotoRef
 from pipeline.reuse import PreviousPart, mark_reusable, previous_results
 from pipeline.run import run
+from pipeline.user_tables import TABLES, ClusterUsers
 from pipeline.users import user_folder
 from tests.conftest import lfw_image
 from tests.test_pipeline_e2e import landscape
@@ -67,7 +71,8 @@ def read(out: Path, table: str, user: str) -> pa.Table:
 
 
 def snapshot(out: Path, users: tuple[str, ...] = ("ann", "ben", "cat", "dan")) -> dict:
-    """{(table, user): rows} of every table present, plus clusters' next_person_id."""
+    """{(table, user): rows} of every table present, the JPEGs its photos/ rows name
+    ("images"), plus clusters' next_person_id."""
     found = {}
     for table in TABLES:
         for user in users:
@@ -76,6 +81,8 @@ def snapshot(out: Path, users: tuple[str, ...] = ("ann", "ben", "cat", "dan")) -
                 found[table, user] = t.to_pylist()
                 if table == "clusters":
                     found["next_id", user] = int(t.schema.metadata[schemas.NEXT_PERSON_ID_KEY])
+                if table == "photos":
+                    found[IMAGES, user] = user_images(str(out), user)
     return found
 
 
@@ -157,10 +164,10 @@ def test_unchanged_photos_are_not_detected_or_embedded_again(runs):
         for face in runs["snap2"]["faces", user]:
             if face["photo_path"] in unchanged:
                 old = before[face["face_key"]]
-                assert (face["embedding"], face["thumbnail"], face["box"]) == (
-                    old["embedding"], old["thumbnail"], old["box"])
+                assert (face["embedding"], face["box"]) == (old["embedding"], old["box"])
     assert runs["snap2"]["photos", "ben"] == runs["snap1"]["photos", "ben"]
     assert runs["snap2"]["clusters", "ben"] == runs["snap1"]["clusters", "ben"]
+    assert runs["snap2"][IMAGES, "ben"] == runs["snap1"][IMAGES, "ben"]  # thumbnails and previews kept
 
 
 def test_deleted_photos_and_users_disappear_and_new_ones_appear(runs):
@@ -177,6 +184,13 @@ def test_deleted_photos_and_users_disappear_and_new_ones_appear(runs):
         assert {f["photo_sha256"] for f in snap["faces", user]} <= shas and len(keys) == len(set(keys))
         assert sorted(c["face_key"] for c in snap["clusters", user]) == sorted(keys)
     assert [(f["photo_path"], f["stage"]) for f in snap["failures", "ann"]] == [(BROKEN, "decode")]
+    for user in ("ann", "ben", "cat"):  # every photo with faces has its JPEGs; no part is left unnamed
+        named = {p["images_part"] for p in snap["photos", user] if p["images_part"]}
+        assert sorted(os.listdir(out / IMAGES / user_folder(user))) == sorted(named)
+        jpegs = snap[IMAGES, user]
+        assert all((f["photo_sha256"], f["face_index"]) in jpegs for f in snap["faces", user])
+        assert all((p["photo_sha256"], None) in jpegs for p in snap["photos", user] if p["status"] != "failed")
+    assert not (out / IMAGES / user_folder("dan")).exists()
     second = runs["second"]
     assert second.photos == second.listed == len(expected)
 
@@ -235,11 +249,17 @@ def _outcome(path: str, sha: str, n_faces: int) -> PhotoOutcome:
     return PhotoOutcome("u", path, "faces" if n_faces else "no_face", sha, 50, 60, b"p", faces)
 
 
+def _write(folder: Path, settings: InferenceSettings, outcomes: list[PhotoOutcome]) -> None:
+    """Cluster and write user u's tables as the pipeline does (JPEGs named, not written)."""
+    outcomes = [replace(o, images_part="part-x.parquet") if o.status != "failed" else o for o in outcomes]
+    for user in ClusterUsers(settings, "agglomerative").process((1, outcomes)):
+        list(WriteUserTables(str(folder)).process(user))
+
+
 def _previous(folder: Path) -> str:
     """An earlier run's tables for user u: a.jpg with 2 faces, b.jpg with none, c.jpg failed."""
-    outcomes = [_outcome("u/a.jpg", "sa", 2), _outcome("u/b.jpg", "sb", 0),
-                PhotoOutcome("u", "u/c.jpg", "failed", "sc", stage="decode", error="bad")]
-    list(WriteUserTables(str(folder), "r", SETTINGS, "agglomerative").process((1, outcomes)))
+    _write(folder, SETTINGS, [_outcome("u/a.jpg", "sa", 2), _outcome("u/b.jpg", "sb", 0),
+                              PhotoOutcome("u", "u/c.jpg", "failed", "sc", stage="decode", error="bad")])
     return str(folder)
 
 
@@ -265,6 +285,15 @@ def test_only_complete_results_of_the_same_settings_are_reused(tmp_path):
     assert _marks(previous, SETTINGS) == {"u/a.jpg": None, "u/b.jpg": "sb", "u/c.jpg": None, "u/new.jpg": None}
 
 
+def test_an_output_that_kept_jpegs_in_its_tables_is_processed_again(tmp_path):
+    """Outputs written before images/ name no part for their photos: their JPEGs would be lost."""
+    previous = _previous(tmp_path / "prev")
+    photos = tmp_path / "prev" / "photos" / "user_id=u" / "part-0.parquet"
+    table = pq.read_table(photos)
+    pq.write_table(table.drop_columns(["images_part"]).replace_schema_metadata(table.schema.metadata), photos)
+    assert set(_marks(previous, SETTINGS).values()) == {None}
+
+
 def test_an_output_that_stores_user_id_in_its_files_is_still_reused(tmp_path):
     """Outputs written before user_id moved to the folder name only hold it in every file too."""
     new = _previous(tmp_path / "new")
@@ -286,7 +315,7 @@ def test_an_output_that_stores_user_id_in_its_files_is_still_reused(tmp_path):
 def test_settings_are_recorded_beside_the_embedder_lineage(tmp_path):
     lineage = {"base": "dlib-resnet", "steps": 10}
     tuned = InferenceSettings(EmbedderInfo("dlib-resnet", "v1+ft", 4, lineage), 20, 0.9, 1600)
-    list(WriteUserTables(str(tmp_path), "r", tuned, "agglomerative").process((1, [_outcome("u/a.jpg", "sa", 1)])))
+    _write(tmp_path, tuned, [_outcome("u/a.jpg", "sa", 1)])
     schema = pq.read_schema(tmp_path / "faces" / "user_id=u" / "part-0.parquet")
     assert schemas.embedder_lineage(schema) == lineage
     assert schema.metadata[schemas.SETTINGS_KEY] == tuned.to_json().encode()

@@ -21,9 +21,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from models.weights import cache_root
-from pipeline.outputs import TABLES
-from pipeline.partitions import open_table
 from pipeline.report import digest
+from pipeline.tables import open_table
+from pipeline.user_tables import TABLES
 from pipeline.users import user_folder
 from tests.conftest import REPO, lfw_image
 

@@ -19,9 +19,10 @@ import pytest
 
 from models.embedders import DEFAULT_EMBEDDER, embedding_dim
 from pipeline import schemas
-from pipeline.outputs import TABLES
-from pipeline.partitions import open_table
+from pipeline.images import IMAGES
 from pipeline.run import run
+from pipeline.tables import open_table
+from pipeline.user_tables import TABLES
 from tests.conftest import REPO, lfw_image
 
 USERS = {"007": [("Colin_Powell", 1), ("Colin_Powell", 2), ("Tony_Blair", 1)],
@@ -29,7 +30,7 @@ USERS = {"007": [("Colin_Powell", 1), ("Colin_Powell", 2), ("Tony_Blair", 1)],
 MARKER = "run by tests/test_output_readers.py"
 READERS = ("dataset", "pyarrow", "pandas", "duckdb", "polars")
 COLUMNS = {"photos": schemas.PHOTOS, "faces": schemas.faces_schema(embedding_dim(DEFAULT_EMBEDDER)), "clusters": schemas.CLUSTERS,
-           "failures": schemas.FAILURES, "people": schemas.PEOPLE}
+           "failures": schemas.FAILURES, "people": schemas.PEOPLE, IMAGES: schemas.IMAGES}
 
 
 def readme_block() -> str:
@@ -66,7 +67,7 @@ def rows(table, columns: list[str]) -> list[tuple]:
     return sorted(tuple(r[c] for c in columns) for r in records)
 
 
-@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("table", TABLES + (IMAGES,))
 def test_readme_readers_give_every_row_of_each_table(output: Path, table: str, monkeypatch) -> None:
     monkeypatch.chdir(output)
     code = readme_block().replace("out/faces", f"out/{table}")
@@ -74,7 +75,7 @@ def test_readme_readers_give_every_row_of_each_table(output: Path, table: str, m
     exec(compile(code, "README.md", "exec"), found)
     expected = open_table(Path("out") / table, COLUMNS[table]).to_table()
     assert sorted(set(expected.column("user_id").to_pylist())) <= sorted(USERS)
-    key = [c for c in ("user_id", "photo_path", "face_key", "person_id") if c in expected.column_names]
+    key = [c for c in ("user_id", "photo_path", "face_key", "person_id", "photo_sha256") if c in expected.column_names]
     truth = rows(expected, key)
     assert truth or table in ("failures", "people"), f"{table} is empty: nothing was compared"
     for reader in READERS:
@@ -90,8 +91,8 @@ def test_readme_readers_give_every_row_of_each_table(output: Path, table: str, m
 
 def test_files_hold_no_user_id_and_keep_their_metadata(output: Path) -> None:
     out = output / "out"
-    for table in TABLES:
-        for path in (out / table).glob("user_id=*/part-0.parquet"):
+    for table in TABLES + (IMAGES,):
+        for path in (out / table).glob("user_id=*/*.parquet"):
             assert "user_id" not in pq.read_schema(path).names, path
     faces = pq.read_schema(next((out / "faces").glob("user_id=*/part-0.parquet")))
     photos = pq.read_schema(next((out / "photos").glob("user_id=*/part-0.parquet")))

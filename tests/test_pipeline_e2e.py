@@ -27,11 +27,12 @@ import pytest
 from PIL import Image
 
 from core.faces import CENTRE, main_face
-from models.mtcnn import Detections
 from models.embedders import DEFAULT_EMBEDDER, embedding_dim
+from models.mtcnn import Detections
 from pipeline import schemas
-from pipeline.partitions import open_table
+from pipeline.images import user_images
 from pipeline.run import main, run
+from pipeline.tables import open_table
 from pipeline.users import user_folder
 from tests.conftest import REPO
 
@@ -174,8 +175,10 @@ def test_faces_are_unique_and_in_original_pixels(result):
         assert (boxes[:, [0, 1]] > -50).all() and (boxes[:, [2, 3]] < 300).all()  # 250x250 photos
         emb = np.array(faces.column("embedding").to_pylist())
         assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
-        thumb = Image.open(io.BytesIO(faces.column("thumbnail")[0].as_py()))
-        assert thumb.size == (150, 150)
+        jpegs = user_images(str(out), user)
+        first = (faces.column("photo_sha256")[0].as_py(), faces.column("face_index")[0].as_py())
+        assert Image.open(io.BytesIO(jpegs[first])).size == (150, 150)  # the aligned chip
+        assert Image.open(io.BytesIO(jpegs[first[0], None])).size == (250, 250)  # the photo's preview
     photos = {p["photo_path"]: p for p in read(out, "photos", COPIED).to_pylist()}
     original, copy = photos[COPIED_FROM], photos[COPIED_TO]
     assert original["photo_sha256"] == copy["photo_sha256"] and copy["status"] == "faces"

@@ -22,11 +22,13 @@ from models.embedders import get_embedder
 from models.mtcnn import MTCNN
 from pipeline import schemas
 from pipeline.decode import DecodeError, decode_photo
+from pipeline.finish import remove_stale
 from pipeline.inference import EmbedderInfo, FaceModels, InferenceSettings, process_batch
-from pipeline.outputs import RUNS, TABLES, WriteUserTables, clusters_table, face_embeddings, faces_table
-from pipeline.partitions import file_table, open_table
+from pipeline.outputs import WriteUserTables
 from pipeline.records import DecodedPhoto, PhotoOutcome
-from pipeline.run import finalise, run
+from pipeline.run import run
+from pipeline.tables import file_table, open_table
+from pipeline.user_tables import TABLES, ClusterUsers, UserStats, clusters_table, face_embeddings, faces_table
 from pipeline.users import user_folder, user_id_problem
 from tests.conftest import lfw_image
 
@@ -135,27 +137,31 @@ def test_mixed_embedders_are_never_clustered_together():
         clusters_table(both, face_embeddings(both), "agglomerative")
 
 
-def test_rewriting_a_user_is_idempotent_and_finalise_removes_stale_users(tmp_path):
+def test_rewriting_a_user_is_idempotent_and_the_last_step_removes_stale_users(tmp_path):
     out = str(tmp_path / "out")
     info = EmbedderInfo("dlib-resnet", "v1", 4)
     outcomes = [outcome("bob", "bob/b.jpg", "s2", 2), outcome("bob", "bob/a.jpg", "s1", 1),
                 outcome("bob", "bob/copy of a.jpg", "s1", 1), outcome("bob", "bob/c.jpg", "s3", 0)]
-    writer = WriteUserTables(out, "run1", InferenceSettings(info, 20, 0.9, 1600), "agglomerative")
-    first = list(writer.process((1, outcomes)))
+    cluster = ClusterUsers(InferenceSettings(info, 20, 0.9, 1600), "agglomerative")
+    writer = WriteUserTables(out)
+
+    def write(items: list[PhotoOutcome]) -> list[UserStats]:
+        return [written.stats for user in cluster.process((1, items)) for written in writer.process(user)]
+
+    first = write(outcomes)
     files = {t: (tmp_path / "out" / t / "user_id=bob" / "part-0.parquet") for t in TABLES}
     before = {t: f.read_bytes() for t, f in files.items()}
     (tmp_path / "out/faces/user_id=gone").mkdir(parents=True)
     (tmp_path / "out/faces/user_id=gone/part-0.parquet").write_bytes(before["faces"])
     (tmp_path / "out/faces/user_id=bob/.part-0.parquet.dead.tmp").write_bytes(b"killed attempt")
-    second = list(writer.process((1, list(reversed(outcomes)))))  # a retried bundle, other order
+    second = write(list(reversed(outcomes)))  # a retried bundle, other order
     assert first == second and {t: f.read_bytes() for t, f in files.items()} == before
     faces = pq.read_table(files["faces"])
     assert faces.column("face_key").to_pylist() == ["s1:0", "s2:0", "s2:1"]
     assert faces.schema.equals(file_table(schemas.faces_schema(4).empty_table()).schema, check_metadata=False)
     assert first[0].photos == 4 and first[0].with_faces == 3 and first[0].same_photo_paths == 1
-    users = finalise(out, "run1")
-    assert [u.user_id for u in users] == ["bob"]
-    assert not (tmp_path / "out/faces/user_id=gone").exists() and not (tmp_path / "out" / RUNS).exists()
+    remove_stale(out, ["bob"])
+    assert not (tmp_path / "out/faces/user_id=gone").exists()
     assert sorted(os.listdir(tmp_path / "out/faces/user_id=bob")) == ["part-0.parquet"]
 
 

@@ -36,9 +36,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from pipeline.corrections import IGNORED_REASON
+from pipeline.images import user_images
 from pipeline.naming import people_table
 from pipeline.report import build_report, digest, main
-from pipeline.schemas import CLUSTERS, FAILURES, PEOPLE, PHOTOS, face_key, faces_schema
+from pipeline.schemas import CLUSTERS, FAILURES, IMAGES, PEOPLE, PHOTOS, face_key, faces_schema
+from pipeline.tables import PART
 from tests.conftest import REPO, lfw_image
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -113,7 +115,7 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         dets = list(detector(rgb, 1))
         known.append(embed(rgb, dets[central(dets)])[2])
     for user, identities in LIBRARY.items():
-        photos, faces, embeddings, identity_of = [], [], [], []
+        photos, faces, images, embeddings, identity_of = [], [], [], [], []
         for name, numbers, paths in identities:
             for number in numbers:
                 path = lfw_image(lfw, name, number)
@@ -131,7 +133,8 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                       Image.LANCZOS)
                 photos.append(dict(user_id=user, photo_path=rel, photo_sha256=sha,
                                    status="faces" if dets else "no_face", n_faces=len(dets),
-                                   width=rgb.shape[1], height=rgb.shape[0], preview=_jpeg(preview)))
+                                   width=rgb.shape[1], height=rgb.shape[0], images_part=PART))
+                images.append(dict(user_id=user, photo_sha256=sha, face_index=None, jpeg=_jpeg(preview)))
                 for i, det in enumerate(dets):
                     shape, chip, embedding = embed(rgb, det)
                     embeddings.append(embedding)
@@ -141,17 +144,20 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                         box=[det.left(), det.top(), det.right(), det.bottom()],
                         landmarks=[c for p in shape.parts() for c in (p.x, p.y)], det_score=1.0,
                         embedder="dlib-resnet", embedder_version="v1", embedding=embeddings[-1].tolist(),
-                        thumbnail=_jpeg(chip), quality=0.1 if name == LOW_QUALITY else 1.0,
+                        quality=0.1 if name == LOW_QUALITY else 1.0,
                         quality_reason="blurred" if name == LOW_QUALITY else None))
+                    images.append(dict(user_id=user, photo_sha256=sha, face_index=i, jpeg=_jpeg(chip)))
         # The lower part of a real photo (shoulders, no face): the detector decides its status.
         torso = np.ascontiguousarray(np.asarray(Image.open(lfw_image(lfw, "Tony_Blair", 5)).convert("RGB"))[170:])
         found = len(detector(torso, 1))
-        photos.append(dict(user_id=user, photo_path="torso.jpg", photo_sha256=hashlib.sha256(torso).hexdigest(),
+        torso_sha = hashlib.sha256(torso).hexdigest()
+        photos.append(dict(user_id=user, photo_path="torso.jpg", photo_sha256=torso_sha,
                            status="faces" if found else "no_face", n_faces=found, width=torso.shape[1],
-                           height=torso.shape[0], preview=_jpeg(torso)))
+                           height=torso.shape[0], images_part=PART))
+        images.append(dict(user_id=user, photo_sha256=torso_sha, face_index=None, jpeg=_jpeg(torso)))
         broken = f"<img src=x onerror=window.__xss=2>-{user[:5]}.png"
         photos.append(dict(user_id=user, photo_path=broken, photo_sha256=None, status="failed", n_faces=0,
-                           width=None, height=None, preview=None))
+                           width=None, height=None, images_part=None))
         failure = dict(user_id=user, photo_path=broken, stage="decode",
                        error="<script>window.__xss=3</script> cannot identify image file")
         people = sorted({n for n in identity_of if n})
@@ -169,6 +175,7 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             clusters.append(row)
         _write(out, "photos", PHOTOS, photos)
         _write(out, "faces", faces_schema(128), faces)
+        _write(out, "images", IMAGES, images)
         _write(out, "clusters", CLUSTERS, clusters)
         _write(out, "failures", FAILURES, [failure])
         if user == "alice":
@@ -185,7 +192,7 @@ def library(lfw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             _write(out, "people", pa.schema(old), named_people.select([f.name for f in old]).to_pylist())
     # A user whose only photo failed still gets a row on the index.
     _write(out, "photos", PHOTOS, [dict(user_id="carol", photo_path="scan.heic", photo_sha256=None,
-                                        status="failed", n_faces=0, width=None, height=None, preview=None)])
+                                        status="failed", n_faces=0, width=None, height=None, images_part=None)])
     _write(out, "failures", FAILURES, [dict(user_id="carol", photo_path="scan.heic", stage="read",
                                             error="unsupported format")])
     return out
@@ -317,7 +324,6 @@ def test_rebuild_is_identical_and_replaces(library: Path, report: Path) -> None:
     (report / "stale.html").write_text("old")
     assert main(["--output", str(library), "--people-per-page", "3", "--faces-per-page", "4"]) == 0
     assert tree() == before
-    assert not (library / ".report.tmp").exists() and not (library / ".report.old").exists()
 
 
 def test_bad_output_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -468,7 +474,8 @@ def test_browse_people_in_chromium(browser, library: Path, report: Path) -> None
     assert cards["Person 3"] == []  # Tony_Blair: no name, not confirmed
 
     # George W. Bush's faces, closest to the cluster centre first, straight from Parquet.
-    faces = {f["face_key"]: f for f in _rows(library, "faces", "alice")}
+    thumbs = {f"{sha}:{index}": jpeg for (sha, index), jpeg in user_images(str(library), "alice").items()}
+    faces = {f["face_key"]: f | {"thumbnail": thumbs[f["face_key"]]} for f in _rows(library, "faces", "alice")}
     bush = [faces[c["face_key"]] for c in sorted(_rows(library, "clusters", "alice"),
                                                   key=lambda c: c["distance_to_centre"])
             if c["name"] == "George W. Bush"]

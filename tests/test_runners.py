@@ -43,10 +43,10 @@ from pipeline.inference import embedder_info, launcher_embedder
 from pipeline.inputs import LISTING_SHARDS, ListingShard
 from pipeline.known_people import load_naming
 from pipeline.options import FaceGroupOptions, validate
-from pipeline.partitions import open_table
 from pipeline.progress import ProgressPrinter
-from pipeline.outputs import PART, RUNS, TABLES
 from pipeline.run import SUCCESS, build, inference_settings, run
+from pipeline.tables import PART, RUNS, open_table
+from pipeline.user_tables import TABLES
 from pipeline.users import user_folder
 from tests.conftest import REPO
 from tests.runner_services import Services, start_pipeline

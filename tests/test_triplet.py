@@ -27,7 +27,8 @@ from models.train import (CentreFaces, Features, LfwCentreFaces, PKSampler, Spli
 from models.triplet import (CenterLoss, SoftmaxCenterLoss, TripletLoss, batch_hard_triplets,
                             semi_hard_triplets, squared_distances)
 from pipeline.run import run
-from pipeline.schemas import embedder_lineage, face_key, faces_schema
+from pipeline.schemas import IMAGES, embedder_lineage, face_key, faces_schema
+from pipeline.tables import file_table
 from pipeline.users import user_folder
 
 # Identities with >= 4 LFW photos, 4 photos each: a small real training set.
@@ -413,7 +414,7 @@ def test_cli_on_photos(lfw: Path, tmp_path: Path) -> None:
 
 def test_parquet_faces_with_labels(lfw_faces, tmp_path: Path) -> None:
     embedder, faces = lfw_faces
-    rows, keys = [], []
+    rows, images, keys = [], [], []
     for i, chip in enumerate(faces.chips):
         buf = io.BytesIO()
         Image.fromarray(chip).save(buf, format="JPEG", quality=95)
@@ -422,11 +423,12 @@ def test_parquet_faces_with_labels(lfw_faces, tmp_path: Path) -> None:
         rows.append({"user_id": "u1", "photo_path": f"{i}.jpg", "photo_sha256": f"{i:064x}",
                      "face_index": 0, "face_key": key, "box": [0.0] * 4, "landmarks": [0.0] * 10,
                      "det_score": 1.0, "embedder": "dlib-resnet", "embedder_version": "v",
-                     "embedding": [0.0] * 128, "thumbnail": buf.getvalue()})
-    schema = faces_schema(128)
-    folder = tmp_path / "faces" / "user_id=u1"
-    folder.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
+                     "embedding": [0.0] * 128})
+        images.append({"user_id": "u1", "photo_sha256": f"{i:064x}", "face_index": 0, "jpeg": buf.getvalue()})
+    for table, found, schema in (("faces", rows, faces_schema(128)), ("images", images, IMAGES)):
+        folder = tmp_path / table / "user_id=u1"
+        folder.mkdir(parents=True)
+        pq.write_table(file_table(pa.Table.from_pylist(found, schema=schema)), folder / "part-0.parquet")
     labels_csv = tmp_path / "labels.csv"
     with open(labels_csv, "w", newline="") as fh:
         w = csv.writer(fh)
