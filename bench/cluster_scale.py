@@ -43,6 +43,38 @@ def scaled_library(x: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tupl
     return np.concatenate([x, copies]), np.concatenate([labels, labels[src]]), len(src)
 
 
+def proc_status_kb(field: str) -> int:
+    """A memory field of this process's /proc/self/status in kB: VmRSS (now) or VmHWM
+    (peak). VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0])
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """This process's environment with BLAS/OpenMP limited to `threads` cores."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads)}
+
+
+def method_list(text: str) -> list[str]:
+    """The clustering methods of a --methods comma list, checked."""
+    from pipeline.cluster import METHODS
+
+    methods = [m for m in text.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown --methods entry {m!r}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def run_child(args: list[str], env: dict[str, str], what: str) -> dict:
+    """Run `python *args` in a fresh process; returns the JSON object on its last stdout line."""
+    out = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{what} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _run_one(data: Path, method: str) -> None:
     """Child process: cluster the .npz at `data` and print a JSON line of time and peak RSS."""
     import time
@@ -54,9 +86,7 @@ def _run_one(data: Path, method: str) -> None:
     start = time.perf_counter()
     result = cluster_faces(arrays["x"], method)
     seconds = time.perf_counter() - start
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (bigger) parent.
-    status = Path("/proc/self/status").read_text()
-    peak_kb = int(status.split("VmHWM:")[1].split()[0])
+    peak_kb = proc_status_kb("VmHWM")
     s = score(arrays["labels"], result.person_id)
     print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 1e6, "bcubed_f": s.bcubed_f,
                       "pairwise_f": s.pairwise_f, "found": s.n_found, "true": s.n_true}))
@@ -75,10 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="cores each run may use")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown --methods entry {m!r}; choose from {', '.join(METHODS)}")
+    methods = method_list(args.methods)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s]
     except ValueError:
@@ -90,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     x, _ = embed_images(paths, args.embedder)
     print(f"{len(x)} real LFW embeddings ({args.embedder}) of {len(identities)} people; "
           f"larger sizes add perturbed copies (noise ~{COPY_DISTANCE} from the source face)")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads),
-           "MKL_NUM_THREADS": str(args.threads)}
+    env = thread_env(args.threads)
     last: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -99,11 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             data = Path(tmp) / f"{n}.npz"
             np.savez(data, x=xs, labels=ls)
             for m in methods:
-                out = subprocess.run([sys.executable, __file__, "--child", str(data), m], env=env,
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    raise RuntimeError(f"{m} on {n} faces failed:\n{out.stderr}")
-                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r = run_child([__file__, "--child", str(data), m], env, f"{m} on {n} faces")
                 print(f"{n:7d} faces ({n_copies} copies) {m:<14} {r['seconds']:7.1f} s  peak RSS "
                       f"{r['peak_gb']:.2f} GB  BCubed F {r['bcubed_f']:.3f}  pairwise F {r['pairwise_f']:.3f}  "
                       f"({r['true']} true, {r['found']} found)", flush=True)

@@ -57,12 +57,13 @@ def degrade(image: Image.Image, variant: str, seed: int) -> bytes:
     return out.getvalue()
 
 
-def degraded_path(path: Path, variant: str, root: Path = LFW, cache_dir: Path = CACHE) -> Path:
-    """Path of `path`'s degraded copy (an image under `root`), written on first use."""
+def degraded_path(path: Path, variant: str, root: Path = LFW, cache_dir: Path = CACHE, create: bool = True) -> Path:
+    """Path of `path`'s degraded copy (an image under `root`), written on first use
+    (unless not `create`: then the path, whether the copy exists or not)."""
     rel = path.resolve().relative_to(root.resolve()).as_posix()
     suffix = ".png" if VARIANTS.get(variant, ("",))[0] == "px" else ".jpg"
     target = cache_dir / variant / Path(rel).with_suffix(suffix)
-    if not target.is_file():
+    if create and not target.is_file():
         with Image.open(path) as image:
             data = degrade(image, variant, _seed(rel))
         target.parent.mkdir(parents=True, exist_ok=True)

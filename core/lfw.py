@@ -163,6 +163,14 @@ def labelled_inputs(embedder: FaceEmbedder, faces: Iterable[tuple[Path, dict[str
         for path, face in faces])
 
 
+def embedding_caches(model: FaceEmbedder, cache_dir: Path = CACHE) -> list[Path]:
+    """The cache files `embed_images` keeps `model`'s embeddings in under `cache_dir` (an
+    ensemble: each member's), beside the detections of detect_centre_faces."""
+    if isinstance(model, EnsembleEmbedder):
+        return [path for m in model.members for path in embedding_caches(m, cache_dir)]
+    return [cache_dir / f"{_safe(model.name + '-' + model.version)}.emb.npz"]
+
+
 def embed_images(paths: list[Path], embedder: str | FaceEmbedder = "dlib-resnet", cache_dir: Path = CACHE,
                  batch_size: int = 64, detector: MTCNN | None = None,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +182,7 @@ def embed_images(paths: list[Path], embedder: str | FaceEmbedder = "dlib-resnet"
         parts = [embed_images(paths, m, cache_dir, batch_size, detector, progress) for m in model.members]
         return model.combine([emb for emb, _ in parts]), parts[0][1]
     faces = detect_centre_faces(paths, cache_dir, detector=detector, progress=progress)
-    cache = NpzCache(cache_dir / f"{_safe(model.name + '-' + model.version)}.emb.npz")
+    cache = NpzCache(embedding_caches(model, cache_dir)[0])
     keys = [file_sha256(p) for p in paths]
     todo = sorted({k: (p, f) for k, p, f in zip(keys, paths, faces) if k not in cache.entries}.items())
     for chunk in saved_batches(todo, batch_size, cache, "embedded" if progress else None):
