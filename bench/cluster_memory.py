@@ -13,9 +13,10 @@ five, never two of one person), and 10% more photos have no face, 0.5% failed to
 
 Each --methods entry runs in a fresh process (`worker_step`): it builds the user's
 outcomes as the inference stage emits them, light records (no thumbnail or preview
-bytes), and runs what a worker runs for a user after GroupByKey: the writer DoFn
-(pipeline.outputs.WriteUserTables: user_tables, i.e. the five tables with clustering,
-person ids, naming and counts, then their Parquet files, into a temporary folder). It
+bytes), and runs what a worker runs for a user after GroupByKey, three fused steps:
+ClusterUsers (pipeline.user_tables: the five tables with clustering, person ids, naming
+and counts), WriteUserTables (their Parquet files, into a temporary folder) and
+WriteUserPages (the user's report pages; no images/ here, so thumbnails are placeholders). It
 reports the process's RSS before the step (imports and the faces as numpy arrays), its
 peak (VmHWM; also ru_maxrss, which shows the launching process's RSS instead where that
 was larger: Linux carries it over fork and exec), and the step's wall time. BLAS/OpenMP
@@ -141,10 +142,12 @@ def photo_rows(photo: np.ndarray, score: np.ndarray) -> list[np.ndarray]:
 
 def worker_step(faces: dict[str, np.ndarray], settings, method: str, output: str):
     """Build the user's outcomes from `faces` (arrays of real_faces plus photo (n,)) as the
-    inference stage emits them, then run the writer DoFn's step for the user (after
-    GroupByKey): its tables and Parquet files under `output`. Returns its UserStats."""
+    inference stage emits them, then run the worker's steps for the user after GroupByKey:
+    its tables, their Parquet files and its report pages under `output`. Returns its UserStats."""
+    from pipeline.finish import WriteUserPages
     from pipeline.outputs import WriteUserTables
     from pipeline.records import Face, PhotoOutcome
+    from pipeline.user_tables import ClusterUsers
 
     outcomes = []
     for rows in photo_rows(faces["photo"], faces["score"]):
@@ -159,8 +162,10 @@ def worker_step(faces: dict[str, np.ndarray], settings, method: str, output: str
     outcomes += [PhotoOutcome(USER, f"failed/{k:06d}.jpg", "failed", stage="decode",
                               error="UnidentifiedImageError: cannot identify image file")
                  for k in range(round(FAILED_SHARE * photos))]
-    [stats] = WriteUserTables(output, "bench", settings, method).process((0, outcomes))
-    return stats
+    [user] = ClusterUsers(settings, method).process((0, outcomes))
+    [written] = WriteUserTables(output).process(user)
+    [card] = WriteUserPages(output).process(written)
+    return card.stats
 
 
 def _run_one(data: Path, method: str) -> None:
@@ -173,7 +178,7 @@ def _run_one(data: Path, method: str) -> None:
 
     from bench.cluster_metrics import score
     from pipeline.inference import EmbedderInfo, InferenceSettings
-    from pipeline.outputs import WriteUserTables  # noqa: F401 (imported before the step, as on a worker)
+    from pipeline.finish import WriteUserPages  # noqa: F401 (imported before the step, as on a worker)
     from pipeline.schemas import face_key
 
     with np.load(data) as arrays:
