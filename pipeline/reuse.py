@@ -47,6 +47,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
+from pipeline.object_store import folder_exists
 from pipeline.inference import InferenceSettings
 from pipeline.outputs import table_path
 from pipeline.person_ids import PreviousPeople
@@ -72,7 +73,7 @@ def resolve_previous(option: str | None, output: str) -> str | None:
     if option == NO_PREVIOUS:
         return None
     location = output if option is None else option
-    if FileSystems.exists(FileSystems.join(location, "photos")):
+    if folder_exists(FileSystems.join(location, "photos")):
         return location
     if option is not None:
         raise FileNotFoundError(f"--previous {option} holds no photos/ table of an earlier run "

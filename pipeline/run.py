@@ -55,6 +55,7 @@ from pipeline.inference import (EmbedderInfo, FaceModelHandler, InferenceSetting
                                 launcher_embedder_info)
 from pipeline.inputs import ListInput, NoPhotos, check_manifest, is_manifest, no_photos
 from pipeline.naming import Naming
+from pipeline.object_store import folder_for_delete, remove_folder
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.output_probe import probe_output
 from pipeline.outputs import RUNS, TABLES, UserStats, WriteUserTables, run_record_path, write_text
@@ -251,16 +252,14 @@ def finalise(output: str, run_id: str) -> list[UserStats]:
             elif name.startswith(".") and name.endswith(".tmp"):
                 temp_files.append(meta.path)
         if stale_folders or temp_files:
-            FileSystems.delete(sorted(stale_folders) + temp_files)
+            FileSystems.delete(sorted(folder_for_delete(f) for f in stale_folders) + temp_files)
     drop_run_records(output)
     return users
 
 
 def drop_run_records(output: str) -> None:
     """Remove the per-run records the workers left for the launcher."""
-    runs = FileSystems.join(output, RUNS)
-    if FileSystems.exists(runs):
-        FileSystems.delete([runs])
+    remove_folder(FileSystems.join(output, RUNS))
 
 
 def in_process_runner(options: PipelineOptions) -> str:
