@@ -30,7 +30,10 @@ setup(
     ],
     extras_require={
         "heic": ["pillow-heif>=0.16"],
+        # s3:// --input/--output (Beam's S3 file system; what apache-beam[aws] installs)
+        "s3": ["boto3>=1.26,<2"],
         "tests": ["pytest>=8", "dlib-bin>=19.24", "selenium>=4.20", "pillow-heif>=0.16",
-                  "dask[distributed]>=2024.1", "pandas>=2.0", "duckdb>=1.1", "polars>=1.0"],
+                  "dask[distributed]>=2024.1", "pandas>=2.0", "duckdb>=1.1", "polars>=1.0",
+                  "boto3>=1.26,<2", "moto[server]>=5.0,<6"],
     },
 )

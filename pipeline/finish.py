@@ -24,10 +24,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.corrections import UserConstraints, run_record
 from pipeline.images import IMAGES
+from pipeline.object_store import remove_folder
 from pipeline.plan import read_listing
 from pipeline.report import REPORT, UserSummary, remove_stale_files, stored_images, user_report, write_index
 from pipeline.summary import SUMMARY, RunSummary
-from pipeline.tables import remove_tree, run_record_path, write_text
+from pipeline.tables import run_record_path, write_text
 from pipeline.user_tables import TABLES, UserStats, UserTables
 from pipeline.users import user_folder
 
@@ -70,7 +71,7 @@ def remove_stale(output: str, users: Iterable[str]) -> None:
             elif name.startswith(".") and name.endswith(".tmp"):
                 temp.append(meta.path)
         for folder in sorted(stale):
-            remove_tree(folder)
+            remove_folder(folder)
         if temp:
             FileSystems.delete(temp)
     remove_stale_files(FileSystems.join(output, REPORT), users)

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import object_store  # noqa: F401  (workers that list and read photos share S3 clients)
 from pipeline.links import FOLLOW_USER, LinkLeavesFolder, confined
 from pipeline.records import PhotoBytes, PhotoOutcome, PhotoRef, Skipped, describe_error, failed_outcome
 from pipeline.users import user_id_problem

@@ -7,13 +7,16 @@ unchanged. Options are not argparse-required because Beam re-parses them on work
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cluster import DEFAULT_METHOD, METHODS
 from pipeline.inputs import is_manifest, normalise_location
 from pipeline.links import FOLLOW_LINKS, FOLLOW_USER
+from pipeline.object_store import s3_bucket_problem
 from pipeline.reuse import NO_PREVIOUS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -127,6 +130,24 @@ class FaceGroupOptions(PipelineOptions):
                  "started 4 megapixels); all faces of a batch are embedded together (default 16).")
 
 
+def check_file_system(flag: str, location: str, options: PipelineOptions) -> None:
+    """ValueError, in one line, unless Beam has a usable file system for the URI `location`
+    (an unknown scheme, or s3:// without boto3, would otherwise fail at its first use) and,
+    for s3://, its bucket exists and answers with these options (endpoint, credentials)."""
+    try:
+        FileSystems.get_filesystem(location)
+    except ValueError:
+        raise ValueError(f"{flag} {location}: Beam has no file system for this scheme "
+                         "(install the Beam extra that provides it)") from None
+    if location.startswith("s3://") and importlib.util.find_spec("boto3") is None:
+        raise ValueError(f"{flag} {location}: s3:// needs boto3 (pip install 'facegroup[s3]'); the endpoint "
+                         "and credentials are Beam's --s3_endpoint_url, --s3_access_key_id, ... flags")
+    if location.startswith("s3://"):
+        problem = s3_bucket_problem(location, options)
+        if problem:
+            raise ValueError(f"{flag} {location}: {problem}")
+
+
 def validate(options: FaceGroupOptions) -> None:
     """Raise ValueError/FileNotFoundError naming the offending option; normalises paths."""
     if not options.input:
@@ -145,6 +166,14 @@ def validate(options: FaceGroupOptions) -> None:
         raise FileNotFoundError(f"--input manifest {options.input} does not exist")
     if local and not is_manifest(options.input) and not os.path.isdir(options.input):
         raise FileNotFoundError(f"--input folder {options.input} does not exist")
+    for flag, location in (("--input", options.input), ("--output", options.output),
+                           ("--previous", options.previous)):
+        if location and "://" in location:
+            check_file_system(flag, location, options)
+    if "://" in options.output and not is_manifest(options.input):
+        if options.output == options.input or options.output.startswith(options.input.rstrip("/") + "/"):
+            raise ValueError(f"--output {options.output} is inside the input library {options.input}; "
+                             "a later run would read its own outputs as photos")
     if "://" not in options.output:
         if os.path.isfile(options.output):
             raise ValueError(f"--output {options.output} is a file; give a folder")

@@ -7,6 +7,11 @@ file system): create a file, write it, rename it, read it back and delete it.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+from typing import Iterator
+
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -25,18 +30,35 @@ def probe_output(output: str, run_id: str) -> None:
     temp = FileSystems.join(output, f".{PROBE}-{run_id}.tmp")
     final = FileSystems.join(output, f"{PROBE}-{run_id}")
     payload = f"facegroup write probe {run_id}\n".encode()
-    try:
-        with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(payload)
-        FileSystems.rename([temp], [final])
-        with FileSystems.open(final, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            read_back = f.read()
-        FileSystems.delete([final])
-    except Exception as exc:  # any file system's error: say which folder, in one line
-        _remove_quietly([temp, final])
-        raise OutputNotWritable(f"--output {output} cannot be written: {reason(exc)}") from None
+    with _beam_io_errors_unlogged():
+        try:
+            with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                f.write(payload)
+            FileSystems.rename([temp], [final])
+            with FileSystems.open(final, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                read_back = f.read()
+            FileSystems.delete([final])
+        except Exception as exc:  # any file system's error: say which folder, in one line
+            _remove_quietly([temp, final])
+            raise OutputNotWritable(f"--output {output} cannot be written: {reason(exc)}") from None
     if read_back != payload:
         raise OutputNotWritable(f"--output {output}: a probe file read back other bytes than were written")
+
+
+@contextlib.contextmanager
+def _beam_io_errors_unlogged() -> Iterator[None]:
+    """Drop the error records Beam's object-store I/O logs itself on the root logger, with a
+    traceback, before it raises (e.g. s3io for a bucket that does not exist): the probe's
+    one-line error says the same."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}apache_beam{os.sep}io{os.sep}" in record.pathname)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def reason(exc: BaseException) -> str:

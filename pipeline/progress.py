@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.object_store import remove_folder
 from pipeline.inference import FaceModelHandler
 from pipeline.records import DecodedPhoto, PhotoOutcome
 from pipeline.tables import write_text
@@ -181,7 +182,6 @@ class ProgressPrinter:
         self._stop.set()
         self._thread.join()
         try:  # this run's counts, and any left by a killed earlier run (one run per output)
-            if FileSystems.exists(self.root):
-                FileSystems.delete([self.root])
+            remove_folder(self.root)
         except Exception as exc:
             logging.warning("could not remove %s: %s", self.root, exc)

@@ -43,7 +43,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.corrections import IGNORED_REASON
 from pipeline.images import read_images
-from pipeline.tables import read_user_table, remove_tree, table_users
+from pipeline.object_store import remove_folder
+from pipeline.tables import read_user_table, table_users
 
 PEOPLE_PER_PAGE = 120
 FACES_PER_PAGE = 300
@@ -634,7 +635,7 @@ def user_report(report: str, user_id: str, tables: dict[str, pa.Table | None], i
     """Write every page and image of one user under `report` (replacing what an earlier run
     left there) and return what the index shows of the user."""
     folder = Folder(FileSystems.join(report, user_dir(user_id)))
-    remove_tree(folder.path)
+    remove_folder(folder.path)
     user = load_user(user_id, tables, images, folder)
     write_user(folder, user, people_per_page, faces_per_page)
     return UserSummary(user.user_id, user.folder, sum(user.statuses.values()), user.n_faces, len(user.people),

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
+from pipeline.object_store import folder_exists
 from pipeline.inference import InferenceSettings
 from pipeline.person_ids import PreviousPeople
 from pipeline.records import Face, PhotoOutcome, PhotoRef, PreviousResults
@@ -72,7 +73,7 @@ def resolve_previous(option: str | None, output: str) -> str | None:
     if option == NO_PREVIOUS:
         return None
     location = output if option is None else option
-    if FileSystems.exists(FileSystems.join(location, "photos")):
+    if folder_exists(FileSystems.join(location, "photos")):
         return location
     if option is not None:
         raise FileNotFoundError(f"--previous {option} holds no photos/ table of an earlier run "

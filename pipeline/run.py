@@ -58,7 +58,9 @@ from pipeline.images import WriteImages
 from pipeline.inference import (EmbedderInfo, FaceModelHandler, InferenceSettings, launcher_embedder,
                                 launcher_embedder_info)
 from pipeline.inputs import ListInput, NoPhotos, check_manifest, is_manifest, no_photos
+from pipeline.local_runner import LOCAL_RUNNER
 from pipeline.naming import Naming
+from pipeline.object_store import remove_folder
 from pipeline.options import FaceGroupOptions, validate
 from pipeline.output_probe import probe_output
 from pipeline.outputs import WriteUserTables
@@ -152,9 +154,7 @@ def beam_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int] 
 
 def drop_run_records(output: str) -> None:
     """Remove the per-run records the workers left for the launcher."""
-    runs = FileSystems.join(output, RUNS)
-    if FileSystems.exists(runs):
-        FileSystems.delete([runs])
+    remove_folder(FileSystems.join(output, RUNS))
 
 
 def in_process_runner(options: PipelineOptions) -> str:
@@ -164,12 +164,13 @@ def in_process_runner(options: PipelineOptions) -> str:
     and leaves temporary folders and ~/.apache_beam behind, even when that fails) and
     then falls back to FnApiRunner, the engine every local run here ends up on. Going
     there directly keeps every file a run writes under --output; FnApiRunner reads the
-    same --direct_num_workers and --direct_running_mode.
+    same --direct_num_workers and --direct_running_mode. Like DirectRunner, it hands the
+    run's options to its worker processes (pipeline.local_runner: --s3_* flags included).
     """
     standard = options.view_as(StandardOptions)
     requested = str(standard.runner or "DirectRunner").rsplit(".", 1)[-1]
     if requested == "DirectRunner":
-        standard.runner = "FnApiRunner"
+        standard.runner = LOCAL_RUNNER
     return requested
 
 
@@ -184,6 +185,10 @@ def run(argv: list[str] | None = None) -> RunSummary:
     pipeline or a listed photo missing from the outputs (no _SUCCESS then).
     """
     options = PipelineOptions(argv)
+    # The launcher's own file system calls (probe, lock, previous output, finalising) use this
+    # run's options (--s3_endpoint_url, credentials, ...), not whatever an earlier run in this
+    # process left; beam.Pipeline sets the same for in-process workers, sdk_worker_main for others.
+    FileSystems.set_options(options)
     runner = in_process_runner(options)
     opts = options.view_as(FaceGroupOptions)
     validate(opts)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import object_store  # noqa: F401 (every process that writes tables shares its S3 clients)
 from pipeline.users import USER_FOLDER_PREFIX, user_folder
 
 PARTITION_COLUMN = "user_id"
@@ -116,14 +117,3 @@ def open_table(root: str | Path, schema: pa.Schema | None = None) -> ds.Dataset:
     """One local table folder (e.g. ``OUTPUT/faces``) as a dataset whose rows carry user_id
     (string) from their folder; `schema`, when given, fixes the columns and their types."""
     return ds.dataset(root, format="parquet", schema=schema, partitioning=USER_PARTITIONING)
-
-
-def remove_tree(folder: str) -> None:
-    """Delete a folder and everything under it, on any file system (object stores have no
-    folders: every file under the prefix); nothing when it does not exist."""
-    if FileSystems.exists(folder):  # a local folder: removed whole
-        FileSystems.delete([folder])
-        return
-    files = [m.path for m in FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list]
-    if files:
-        FileSystems.delete(files)
