@@ -29,8 +29,8 @@ from typing import Any, Iterable, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.object_store import remove_folder
 from pipeline.inference import FaceModelHandler
+from pipeline.object_store import remove_folder
 from pipeline.records import DecodedPhoto, PhotoOutcome
 from pipeline.tables import write_text
 

@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.corrections import IGNORED_REASON
 from pipeline.images import read_images
-from pipeline.object_store import remove_folder
+from pipeline.object_store import has_folders, remove_folder
 from pipeline.tables import read_user_table, table_users
 
 PEOPLE_PER_PAGE = 120
@@ -656,7 +656,7 @@ def remove_stale_files(report: str, users: Iterable[str]) -> None:
     """Delete what `report` holds besides the index, the assets and the folders of `users`
     (left by earlier runs: users no longer in the input, files of an older layout)."""
     keep = {user_dir(u) for u in users} | {"index.html", "assets"}
-    if "://" not in report:  # a local folder: its top-level entries, whole
+    if has_folders(report):  # a local folder: its top-level entries, whole
         stale = [os.path.join(report, n) for n in sorted(os.listdir(report)) if n not in keep] \
             if os.path.isdir(report) else []
     else:  # an object store has files only

@@ -8,8 +8,9 @@ usable too: a crashed run resumes where its tables got to.
 A photo's previous result is reused when the file listed at the same user and path
 still hashes to the SHA-256 recorded there, its status was "faces" or "no_face"
 (failures are always tried again), its photos/ table names images/ parts (outputs of
-an earlier layout kept JPEGs in faces/ and photos/ and are computed again), its faces/ rows are complete (face indexes
-0..n_faces-1, embedded by this run's embedder name and version) and both tables were
+an earlier layout kept JPEGs in faces/ and photos/ and are computed again), its faces/
+rows are complete (face indexes 0..n_faces-1, embedded by this run's embedder name and
+version) and both tables were
 written with this run's InferenceSettings (embedder, detection options and face quality
 version, in the Parquet metadata; outputs of a version without face quality therefore
 are computed again). A renamed or moved photo is processed again; its face keys come from
