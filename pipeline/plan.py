@@ -8,11 +8,12 @@ tables (pipeline.reuse.mark_reusable), and cut into batches of --batch_size phot
 reusable photos apart from the others, so the photos that need inference fill whole
 batches. Batches depend only on the user's listing and previous tables, so they are the
 same on every runner and every retry. Each group also writes a small record under
-``_runs/<run id>/listing/`` that the launcher reads at the end: the number of photos listed
-per user (the end-of-run check compares it with the written tables) and, from the one
-group of entries that belong to no user, what was skipped (summary.json). Writing them
-here keeps the pipeline a single chain that ends in the writer: DaskRunner computes only
-a pipeline's last step, so a branch of its own would never run there.
+``_runs/<run id>/listing/`` that the run's last step reads into the run's summary
+(pipeline.finish): the number of photos listed per user (the launcher's check compares it
+with the written tables) and, from the one group of entries that belong to no user, what
+was skipped. Writing them here keeps the pipeline a single chain that ends in that last
+step: DaskRunner computes only a pipeline's last step, so a branch of its own would never
+run there.
 
 `SpreadBatches` then deals the batches out over the workers; Beam's Reshuffle does not do
 it on DaskRunner, which translates Reshuffle to nothing.
@@ -78,7 +79,8 @@ def batches(refs: Sequence[PhotoRef], size: int) -> list[Batch]:
 
 
 def read_listing(output: str, run_id: str) -> tuple[dict[str, int], dict]:
-    """Launcher side: ({user_id: photos listed}, skipped summary) of run `run_id`."""
+    """({user_id: photos listed}, skipped summary) of run `run_id`: read by the last step
+    (pipeline.finish), and by the launcher when a run recorded no summary."""
     listed: dict[str, int] = {}
     skipped = skipped_summary([])
     for meta in FileSystems.match([listing_record_path(output, run_id, "*.json")])[0].metadata_list:
