@@ -27,12 +27,11 @@ from typing import Iterable, Iterator, Sequence
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import schemas
 from pipeline.records import PhotoOutcome
-from pipeline.tables import read_user_table, table_path, write_table
+from pipeline.tables import open_file, read_user_table, table_path, write_table
 from pipeline.users import user_folder, user_key
 
 IMAGES = "images"
@@ -123,8 +122,7 @@ def read_images(output: str, user_id: str, parts: Iterable[str],
         path = table_path(output, IMAGES, user_id, part)
         if (wanted is not None and done >= wanted) or not FileSystems.exists(path):
             continue
-        with FileSystems.open(path, mime_type="application/octet-stream",
-                              compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with open_file(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(columns=["photo_sha256", "face_index", "jpeg"]):
                 for sha, index, jpeg in zip(*(batch.column(c).to_pylist() for c in range(3))):
                     if (sha, index) not in done and (wanted is None or (sha, index) in wanted):

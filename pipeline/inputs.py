@@ -41,12 +41,11 @@ from typing import Iterable, Iterator
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import object_store  # noqa: F401  (workers that list and read photos share S3 clients)
 from pipeline.links import FOLLOW_USER, LinkLeavesFolder, confined
 from pipeline.records import PhotoBytes, PhotoOutcome, PhotoRef, Skipped, describe_error, failed_outcome
+from pipeline.tables import open_file
 from pipeline.users import user_id_problem
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -199,15 +198,10 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def _open(path: str) -> io.BufferedIOBase:
-    return FileSystems.open(path, mime_type="application/octet-stream",
-                            compression_type=CompressionTypes.UNCOMPRESSED)
-
-
 def check_manifest(manifest: str) -> None:
     """ValueError unless the manifest has the user_id and path columns; reads only its
     header (CSV) or schema (Parquet), so the launcher can refuse a wrong file at once."""
-    with _open(manifest) as f:
+    with open_file(manifest) as f:
         if manifest.lower().endswith(".csv"):
             header = next(csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig", newline="")), [])
         else:
@@ -222,7 +216,7 @@ def manifest_rows(shard: ListingShard) -> Iterator[tuple[object, object]]:
     csv_file = shard.location.lower().endswith(".csv")
     if csv_file and shard.shard != 0:
         return
-    with _open(shard.location) as f:
+    with open_file(shard.location) as f:
         if csv_file:
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
             _check_columns(list(reader.fieldnames or []), shard.location)
@@ -325,8 +319,7 @@ def read_bounded(uri: str, max_bytes: int, link_folder: str | None = None) -> by
         check_local_file(uri)
         uri = confined(uri, link_folder)
     chunks, total = [], 0
-    with FileSystems.open(uri, mime_type="application/octet-stream",
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(uri) as f:
         while chunk := f.read(READ_CHUNK):
             total += len(chunk)
             if total > max_bytes:

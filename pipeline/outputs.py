@@ -27,7 +27,7 @@ class WriteUserTables(beam.DoFn):
 
     def __init__(self, output: str, previous: str | None = None) -> None:
         self.output = output
-        self.previous = previous
+        self.copy_from = previous if previous != output else None  # another folder's parts are copied
         self.counters = {name: beam.metrics.Metrics.counter("facegroup", name) for name in (
             "users_written", "photos_written", "photos_with_faces", "photos_without_faces",
             "photos_failed", "faces_written")}
@@ -35,8 +35,7 @@ class WriteUserTables(beam.DoFn):
     def process(self, user: UserTables) -> Iterator[UserTables]:
         for name in TABLES:
             write_table(table_path(self.output, name, user.user_id), user.tables[name])
-        keep_parts(self.output, user.user_id, user.image_parts(),
-                   self.previous if self.previous != self.output else None)
+        keep_parts(self.output, user.user_id, user.image_parts(), self.copy_from)
         stats, c = user.stats, self.counters
         c["users_written"].inc()
         c["photos_written"].inc(stats.photos)

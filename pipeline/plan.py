@@ -33,7 +33,7 @@ from pipeline.inference import InferenceSettings
 from pipeline.progress import ProgressRecorder
 from pipeline.records import PhotoRef, Skipped
 from pipeline.reuse import PreviousPart, mark_reusable
-from pipeline.tables import run_record_path, write_text
+from pipeline.tables import read_text, run_record_path, write_text
 from pipeline.users import user_folder, user_key
 
 #: Grouping key of the entries that belong to no user (user keys are non-negative).
@@ -84,8 +84,7 @@ def read_listing(output: str, run_id: str) -> tuple[dict[str, int], dict]:
     listed: dict[str, int] = {}
     skipped = skipped_summary([])
     for meta in FileSystems.match([listing_record_path(output, run_id, "*.json")])[0].metadata_list:
-        with FileSystems.open(meta.path) as f:
-            record = json.loads(f.read().decode("utf-8"))
+        record = json.loads(read_text(meta.path))
         if FileSystems.split(meta.path)[1] == SKIPPED:
             skipped = record
         else:

@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.inference import FaceModelHandler
 from pipeline.object_store import remove_folder
 from pipeline.records import DecodedPhoto, PhotoOutcome
-from pipeline.tables import write_text
+from pipeline.tables import read_text, write_text
 
 PROGRESS = "_progress"
 #: The rate is measured over this many seconds of recent progress (starting slowly while
@@ -114,8 +114,7 @@ def read_progress(folder: str) -> tuple[int, int, int]:
         return 0, 0, 0
     for meta in found:
         try:
-            with FileSystems.open(meta.path) as f:
-                record = json.loads(f.read().decode("utf-8"))
+            record = json.loads(read_text(meta.path))
             counts = [int(record[name]) for name in ("listed", "photos", "failed")]
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -26,10 +26,9 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tables import write_text
+from pipeline.tables import read_text, write_text
 
 LOCK = "_LOCK"
 #: Heartbeats per stale period: a live run is never mistaken for a dead one by a late beat.
@@ -78,8 +77,7 @@ def read_lock(path: str) -> LockInfo | None:
     """The lock at `path`; None when there is none. An unreadable lock file reads as a run
     that never beat (stale), so garbage never blocks an output for good."""
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            text = f.read().decode("utf-8")
+        text = read_text(path)
     except Exception:  # missing (or vanished while read): no lock
         return None if not FileSystems.exists(path) else LockInfo("unknown", "unknown", 0, "unknown", 0.0)
     try:

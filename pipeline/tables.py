@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import object_store  # noqa: F401 (every process that writes tables shares its S3 clients)
+from pipeline import object_store  # noqa: F401 (every process reading or writing through here shares S3 clients)
 from pipeline.users import USER_FOLDER_PREFIX, user_folder
 
 PARTITION_COLUMN = "user_id"
@@ -78,9 +78,15 @@ def write_text(path: str, text: str) -> None:
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def open_file(path: str) -> BinaryIO:
+    """A file opened for reading through Beam's file systems, its bytes as stored."""
+    return FileSystems.open(path, mime_type="application/octet-stream",
+                            compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def read_text(path: str) -> str:
     """A small UTF-8 file read through Beam's file systems."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(path) as f:
         return f.read().decode("utf-8")
 
 
@@ -89,8 +95,7 @@ def read_parquet(path: str, columns: Iterable[str] | None = None) -> pa.Table | 
     None when the file does not exist. Only those columns' chunks are read."""
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path, mime_type="application/octet-stream",
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(path) as f:
         parquet = pq.ParquetFile(f)
         present = parquet.schema_arrow.names
         return parquet.read(columns=None if columns is None else [c for c in columns if c in present])
